@@ -1,0 +1,51 @@
+"""Reward functions, looked up by name.
+
+A reward function is ``fn(completion: str, row: dict) -> float``: ``completion`` is the generated text
+(after the prompt), ``row`` the dataset row the prompt came from (``answer``, ``tests``, ``language``, ...).
+Functions register themselves with :func:`register`; :func:`get` returns one by name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+
+RewardFn = Callable[[str, dict], float]
+
+_REGISTRY: dict[str, RewardFn] = {}
+# Modules that register built-in rewards on import; imported lazily by get()/names().
+_BUILTIN_MODULES = ("megatron_r1.rewards.basic",)
+
+
+def register(name: str) -> Callable[[RewardFn], RewardFn]:
+    """Decorator: register ``fn`` under ``name`` (names are unique)."""
+
+    def wrap(fn: RewardFn) -> RewardFn:
+        if name in _REGISTRY and _REGISTRY[name] is not fn:
+            raise ValueError(f"reward {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def _load_builtins() -> None:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def names() -> list[str]:
+    """All registered reward names."""
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> RewardFn:
+    """The reward function registered as ``name``; unknown names fail with the nearest valid one."""
+    _load_builtins()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise KeyError(f"unknown reward {name!r}{hint}; registered: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
