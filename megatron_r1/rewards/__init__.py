@@ -1,7 +1,8 @@
 """Reward functions, looked up by name.
 
-A reward function is ``fn(completion: str, row: dict) -> float``: ``completion`` is the generated text
-(after the prompt), ``row`` the dataset row the prompt came from (``answer``, ``tests``, ``language``, ...).
+A reward function is ``fn(completion: str, row: dict) -> float``: ``completion`` is the generated
+text (after the prompt), ``row`` the dataset row the prompt came from (``answer``, ``tests``,
+``language``, ...).
 Functions register themselves with :func:`register`; :func:`get` returns one by name.
 """
 
@@ -15,7 +16,10 @@ RewardFn = Callable[[str, dict], float]
 
 _REGISTRY: dict[str, RewardFn] = {}
 # Modules that register built-in rewards on import; imported lazily by get()/names().
-_BUILTIN_MODULES = ("megatron_r1.rewards.basic",)
+_BUILTIN_MODULES = (
+    "megatron_r1.rewards.basic",
+    "megatron_r1.rewards.math_answer",
+)
 
 
 def register(name: str) -> Callable[[RewardFn], RewardFn]:

@@ -1,0 +1,123 @@
+"""Math accuracy: the final answer checked against ``row["answer"]`` with math-verify.
+
+The answer is taken from the last ``<answer>...</answer>`` when there is one (inside it, a
+``\\boxed{}`` wins over the bare text), else from the ``\\boxed{...}`` answers of the whole
+completion (nested braces handled). Equivalence is math-verify's (``parse`` / ``verify``): integers,
+fractions, decimals, percents, LaTeX, intervals, sets, equations, text units.
+
+Departures from a plain "last boxed" check, to keep the reward hard to game (R1 paper §5: reward
+hacking wherever the verifier is soft):
+
+- several *different* boxed answers score 0 (hedging), as does an answer that appears only in the
+  reasoning (no ``\\boxed{}`` and no ``<answer>`` tag);
+- a list of candidates (``1, 2, 3, ...``) is a tuple/set to math-verify and never equals a scalar;
+- answers longer than :data:`MAX_ANSWER_CHARS`, and expressions that could make sympy compute for
+  ever (towers of powers, big factorials), are compared as normalised strings, not symbolically;
+- math-verify's own signal-based timeouts are used in the main thread; elsewhere the batch scorer's
+  per-item timeout bounds the time.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+
+from megatron_r1.rewards import register
+
+MAX_ANSWER_CHARS = 300
+_TIMEOUT_S = 2
+_BRACE_RE = re.compile(r"\\(?:boxed|fbox)\s*\{|\{|\}")
+_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
+# A power inside an exponent (towers), a huge exponent, a factorial of a big number or expression.
+_EXPENSIVE_RE = re.compile(
+    r"\^\s*\{[^}]*(\^|\*\*)|\*\*[^*]*\*\*|(\^|\*\*)\s*\{?\s*\d{5,}|\d{4,}\s*!|[)}]\s*!"
+)
+
+
+def find_boxed(text: str) -> list[str]:
+    """Contents of every ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``, in order of their opening.
+
+    One pass over the braces (a stack of open groups), so deep nesting costs linear time.
+    """
+    found: list[tuple[int, str]] = []
+    stack: list[tuple[bool, int]] = []  # (is a boxed group, content start)
+    for match in _BRACE_RE.finditer(text):
+        token = match.group()
+        if token == "}":
+            if stack:
+                boxed, start = stack.pop()
+                if boxed:
+                    end = match.start()
+                    # Over-long contents are never a valid answer: keep a unique marker, not a copy.
+                    too_long = end - start > 4 * MAX_ANSWER_CHARS
+                    found.append((start, f"\0{start}" if too_long else text[start:end].strip()))
+        else:
+            stack.append((token != "{", match.end()))
+    return [content for _, content in sorted(found)]
+
+
+def extract_final_answer(completion: str) -> str | None:
+    """The final answer of ``completion``, or None when it has none or hedges between several."""
+    tags = _ANSWER_RE.findall(completion)
+    region = tags[-1] if tags else completion
+    boxed = find_boxed(region)
+    if boxed:
+        if len({re.sub(r"\s+", "", b) for b in boxed}) > 1:
+            return None
+        answer = boxed[-1]
+    elif tags:
+        answer = region.strip()
+    else:
+        return None
+    return answer or None
+
+
+def _normalise(text: str) -> str:
+    text = re.sub(r"\\(?:d|t)frac", r"\\frac", text)
+    text = re.sub(r"\\(?:left|right|,|;|!|\s)", "", text)
+    return re.sub(r"\s+", "", text).strip("$.").lower()
+
+
+def _expensive(text: str) -> bool:
+    """True for inputs that can keep sympy busy for a long time (towers, big factorials)."""
+    return len(text) > MAX_ANSWER_CHARS or bool(_EXPENSIVE_RE.search(text))
+
+
+def _timeout() -> int:
+    # math-verify's timeouts use SIGALRM, which only the main thread may install.
+    return _TIMEOUT_S if threading.current_thread() is threading.main_thread() else 0
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_gold(gold: str) -> list:
+    from math_verify import parse
+
+    return parse(f"\\boxed{{{gold}}}", parsing_timeout=_timeout())
+
+
+def answers_equivalent(gold: str, answer: str) -> bool:
+    """True when ``answer`` is mathematically the same as ``gold`` (math-verify, bounded inputs)."""
+    gold, answer = str(gold).strip(), str(answer).strip()
+    if not answer or len(answer) > MAX_ANSWER_CHARS or "\0" in answer:
+        return False
+    if _normalise(gold) == _normalise(answer):
+        return True
+    if _expensive(gold) or _expensive(answer):
+        return False
+    from math_verify import parse, verify
+
+    gold_parsed = _parse_gold(gold)
+    answer_parsed = parse(f"\\boxed{{{answer}}}", parsing_timeout=_timeout())
+    if not gold_parsed or not answer_parsed:
+        return False
+    return bool(verify(gold_parsed, answer_parsed, timeout_seconds=_timeout()))
+
+
+@register("math")
+def math_reward(completion: str, row: dict) -> float:
+    """1.0 when the final answer equals ``row["answer"]`` (math-verify), else 0.0."""
+    answer = extract_final_answer(completion)
+    if answer is None:
+        return 0.0
+    return 1.0 if answers_equivalent(str(row["answer"]), answer) else 0.0
