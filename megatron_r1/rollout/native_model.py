@@ -1,0 +1,344 @@
+"""A compact plain-torch decoder for the Llama / Qwen2 / SmolLM2 family, used by the native engine.
+
+The module tree mirrors Hugging Face's ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` so that
+``state_dict()`` names are exactly the HF names (``model.layers.{i}.self_attn.q_proj.weight``, ...;
+``lm_head.weight`` only when embeddings are untied) and the numerics follow HF (RMSNorm in float32,
+RoPE tables in float32 cast to the activation dtype, ``cat(freqs, freqs)`` rotate-half layout).
+
+Attention always goes through ``scaled_dot_product_attention`` with an explicit boolean mask so
+one code path serves the full forward, the prefill of left-padded prompts and single-token decode
+against a preallocated KV cache. Cache slots are shared by all rows of a batch (slot ``s`` holds
+step ``s`` of the left-padded layout); padding is excluded through the key mask while RoPE uses
+per-row position ids, so a padded row computes what the unpadded prompt would.
+
+Not supported (rejected by ``from_hf_config``): sliding-window attention, MLP biases, RoPE
+scaling other than ``linear`` / ``llama3``, partial rotary embeddings, activations other than SiLU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["KVCache", "NativeCausalLM", "NativeModelConfig"]
+
+
+@dataclass
+class NativeModelConfig:
+    """Architecture of a Llama-family decoder (the subset the native engine implements)."""
+
+    vocab_size: int
+    """Rows of the embedding / LM-head matrices."""
+    hidden_size: int
+    """Model width."""
+    intermediate_size: int
+    """Width of the SwiGLU MLP."""
+    num_layers: int
+    """Decoder layers."""
+    num_heads: int
+    """Query heads."""
+    num_kv_heads: int
+    """Key/value heads (GQA when fewer than ``num_heads``)."""
+    head_dim: int | None = None
+    """Per-head width; ``hidden_size // num_heads`` when None."""
+    rope_theta: float = 10000.0
+    """RoPE base."""
+    rms_norm_eps: float = 1e-6
+    """Epsilon of every RMSNorm."""
+    qkv_bias: bool = False
+    """Biases on q/k/v projections (Qwen2: True)."""
+    tie_word_embeddings: bool = False
+    """LM head shares ``model.embed_tokens.weight`` (no ``lm_head.weight`` then)."""
+    max_position_embeddings: int = 4096
+    """Longest prompt + completion the engine will run."""
+    attn_output_bias: bool = False
+    """Bias on o_proj too (Llama ``attention_bias=True`` puts biases on q, k, v and o)."""
+    rope_scaling: dict[str, Any] | None = field(default=None)
+    """HF rope parameters for ``rope_type`` ``linear`` or ``llama3``; None: plain RoPE."""
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            if self.hidden_size % self.num_heads:
+                raise ValueError(
+                    f"hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}"
+                )
+            self.head_dim = self.hidden_size // self.num_heads
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads {self.num_heads} not divisible by num_kv_heads {self.num_kv_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        rope_type = (self.rope_scaling or {}).get("rope_type", "default")
+        if rope_type not in ("default", "linear", "llama3"):
+            raise NotImplementedError(f"native model: rope_type {rope_type!r} is not supported")
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict[str, Any]) -> NativeModelConfig:
+        """Read a HF ``config.json`` dict (LlamaConfig / Qwen2Config, transformers 4 or 5 keys)."""
+        model_type = cfg.get("model_type", "llama")
+        if model_type not in ("llama", "qwen2", "mistral"):
+            raise NotImplementedError(f"native model: model_type {model_type!r} is not supported")
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise NotImplementedError(f"native model: hidden_act {cfg['hidden_act']!r}")
+        if cfg.get("mlp_bias", False):
+            raise NotImplementedError("native model: mlp_bias=True is not supported")
+        if cfg.get("use_sliding_window", False) or (
+            model_type == "mistral" and cfg.get("sliding_window")
+        ):
+            raise NotImplementedError("native model: sliding-window attention is not supported")
+        # transformers 5 folds rope_theta / rope_scaling into rope_parameters.
+        rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+        rope_theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope.get("partial_rotary_factor", 1.0) != 1.0:
+            raise NotImplementedError("native model: partial_rotary_factor != 1 is not supported")
+        rope_scaling = None if rope_type == "default" else {**rope, "rope_type": rope_type}
+        attention_bias = bool(cfg.get("attention_bias", False))
+        num_heads = cfg["num_attention_heads"]
+        return cls(
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=num_heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or num_heads,
+            head_dim=cfg.get("head_dim"),
+            rope_theta=rope_theta,
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            qkv_bias=model_type == "qwen2" or attention_bias,
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
+            attn_output_bias=model_type != "qwen2" and attention_bias,
+            rope_scaling=rope_scaling,
+        )
+
+
+def rope_inv_freq(config: NativeModelConfig) -> torch.Tensor:
+    """RoPE inverse frequencies ``[head_dim // 2]`` (float32), as HF's ``ROPE_INIT_FUNCTIONS``."""
+    dim = config.head_dim
+    exponent = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    inv_freq = 1.0 / (config.rope_theta**exponent)
+    scaling = config.rope_scaling or {}
+    rope_type = scaling.get("rope_type", "default")
+    if rope_type == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif rope_type == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_context = scaling["original_max_position_embeddings"]
+        low_wavelen, high_wavelen = old_context / low, old_context / high
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_context / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+        inv_freq = torch.where(medium, smoothed, scaled)
+    return inv_freq
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys and values of every layer: ``k``, ``v``: ``[L, B, H_kv, S_max, D]``."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def select(self, rows: torch.Tensor) -> KVCache:
+        """A new cache holding rows ``rows`` (``[B']`` int64) of this one, in that order."""
+        return KVCache(self.k.index_select(1, rows), self.v.index_select(1, rows))
+
+
+class RMSNorm(nn.Module):
+    """``weight * x / rms(x)``, normalised in float32 like HF's ``LlamaRMSNorm``."""
+
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Attention(nn.Module):
+    """GQA self-attention with RoPE, writing into / reading from an optional KV cache."""
+
+    def __init__(self, config: NativeModelConfig) -> None:
+        super().__init__()
+        h, d = config.hidden_size, config.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, d
+        self.q_proj = nn.Linear(h, config.num_heads * d, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(h, config.num_kv_heads * d, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(h, config.num_kv_heads * d, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(config.num_heads * d, h, bias=config.attn_output_bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        cache: KVCache | None,
+        layer: int,
+        start: int,
+    ) -> torch.Tensor:
+        """x: ``[B, T, hidden]``; cos/sin: ``[B, 1, T, D]``; mask: ``[B, 1, T, S]`` bool."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        if cache is not None:
+            cache.k[layer, :, :, start : start + t] = k
+            cache.v[layer, :, :, start : start + t] = v
+            k = cache.k[layer, :, :, : start + t]
+            v = cache.v[layer, :, :, : start + t]
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, enable_gqa=self.num_kv_heads != self.num_heads
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, config: NativeModelConfig) -> None:
+        super().__init__()
+        h, i = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(h, i, bias=False)
+        self.up_proj = nn.Linear(h, i, bias=False)
+        self.down_proj = nn.Linear(i, h, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+
+    def __init__(self, config: NativeModelConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class _Backbone(nn.Module):
+    """Holds the ``model.*`` parameters (HF's ``LlamaModel``)."""
+
+    def __init__(self, config: NativeModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class NativeCausalLM(nn.Module):
+    """Decoder-only LM whose ``state_dict()`` keys are the HF ``*ForCausalLM`` names."""
+
+    def __init__(self, config: NativeModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = _Backbone(config)
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        )
+        self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+
+    def allocate_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """An empty cache for ``batch_size`` rows of ``max_len`` slots, on the model's device."""
+        c, p = self.config, self.model.embed_tokens.weight
+        shape = (c.num_layers, batch_size, c.num_kv_heads, max_len, c.head_dim)
+        return KVCache(
+            torch.empty(shape, device=p.device, dtype=p.dtype),
+            torch.empty(shape, device=p.device, dtype=p.dtype),
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        cache_start: int = 0,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits of a batch, optionally extending a KV cache.
+
+        Args:
+            input_ids: ``[B, T]`` tokens, occupying cache slots ``cache_start .. cache_start+T-1``
+                (slots ``0 .. T-1`` without a cache).
+            attention_mask: ``[B, S]`` bool/int, S = ``cache_start + T``: which key slots hold real
+                tokens (False for left padding). None: all valid.
+            position_ids: ``[B, T]`` RoPE positions. None: ``cumsum(attention_mask) - 1`` over the
+                last T slots (so left padding does not shift positions), or ``arange`` without a
+                mask.
+            cache: KV cache to write this step's keys/values into and attend over.
+            cache_start: first cache slot of ``input_ids``.
+            last_only: return logits for the last position only.
+
+        Returns:
+            ``[B, T, V]`` logits (``[B, 1, V]`` when ``last_only``) in the model dtype.
+        """
+        b, t = input_ids.shape
+        s = cache_start + t
+        device = input_ids.device
+        if cache is None and cache_start:
+            raise ValueError("cache_start > 0 needs a cache")
+        if attention_mask is None:
+            key_valid = torch.ones(b, s, dtype=torch.bool, device=device)
+        else:
+            key_valid = attention_mask[:, :s].to(torch.bool)
+        if position_ids is None:
+            if attention_mask is None:
+                position_ids = torch.arange(cache_start, s, device=device).expand(b, t)
+            else:
+                position_ids = (key_valid.long().cumsum(-1) - 1).clamp_(min=0)[:, cache_start:]
+
+        # mask[b, 0, i, j]: query slot cache_start+i may attend key slot j. A padded query also
+        # sees itself so that no row of the mask is empty (SDPA would return NaN there).
+        q_slot = torch.arange(cache_start, s, device=device)[:, None]
+        k_slot = torch.arange(s, device=device)[None, :]
+        causal = k_slot <= q_slot  # [T, S]
+        mask = (key_valid[:, None, :] & causal) | (k_slot == q_slot)
+        mask = mask[:, None]  # [B, 1, T, S]
+
+        freqs = position_ids[..., None].float() * self.inv_freq  # [B, T, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, T, D]
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+        for i, layer in enumerate(self.model.layers):
+            x = x + layer.self_attn(layer.input_layernorm(x), cos, sin, mask, cache, i, cache_start)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        if last_only:
+            x = x[:, -1:]
+        x = self.model.norm(x)
+        head = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(x, head)
