@@ -3,13 +3,12 @@
 Triton is imported lazily, only from the kernel path, so CPU-only code that imports
 ``megatron_r1.kernels`` never pays for (or needs) it. Kernels run on CUDA tensors through
 ``triton.jit`` and on CPU tensors through Triton's interpreter; the interpreter wrapper is
-built explicitly per kernel, so CPU runs work whether or not ``TRITON_INTERPRET=1`` was set
-before Triton was first imported.
+built explicitly per kernel (and the compiled one likewise), so the choice follows the
+tensor's device, not whether ``TRITON_INTERPRET=1`` was set before Triton was first imported.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 from collections.abc import Callable
@@ -17,11 +16,13 @@ from typing import Any
 
 import torch
 
+# Looked up once: find_spec locates the package without importing it.
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None
 
-@functools.cache
+
 def triton_available() -> bool:
     """True when the ``triton`` package can be imported (it is not imported here)."""
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_FOUND
 
 
 def interpreter_enabled() -> bool:
@@ -72,9 +73,11 @@ class Kernel:
     def _variant(self, on_cuda: bool) -> Any:
         if on_cuda:
             if self._jit is None:
-                import triton
+                # JITFunction directly, not triton.jit, which returns an interpreted function
+                # whenever TRITON_INTERPRET=1 is set (as it is in the CPU test suite).
+                from triton.runtime.jit import JITFunction
 
-                self._jit = triton.jit(self.fn)
+                self._jit = JITFunction(self.fn)
             return self._jit
         if self._interp is None:
             from triton.runtime.interpreter import InterpretedFunction

@@ -42,8 +42,10 @@ def _logprob_stats(
         alpha = tl.exp(m - m_ref)
         e = tl.exp(z - m_ref)
         if WITH_ENTROPY:
-            ez = tl.where(e > 0, e * (z - m_ref), 0.0)
-            t = tl.where(alpha > 0, alpha * (t + (m - m_ref) * s), 0.0) + tl.sum(ez, axis=0)
+            # t = sum e * (z - m_ref); -inf entries (e = 0) must not produce 0 * inf = NaN.
+            ez = e * tl.where(e > 0, z - m_ref, 0.0)
+            shift = tl.where(alpha > 0, m - m_ref, 0.0)
+            t = alpha * (t + shift * s) + tl.sum(ez, axis=0)
         s = alpha * s + tl.sum(e, axis=0)
         m = m_new
     label = tl.load(labels_ptr + row).to(tl.int64) - vocab_start
@@ -91,7 +93,7 @@ def _logprob_grad(
         p = tl.exp(z - lse)
         dz = tl.where(cols == label, g, 0.0) - g * p
         if HAS_ENTROPY_GRAD:
-            dz += tl.where(p > 0, g_h * p * (mean_z - z), 0.0)
+            dz += g_h * p * (mean_z - tl.where(p > 0, z, mean_z))  # p = 0 at -inf logits
         tl.store(out_ptr + cols, (dz * inv_temp).to(grad_ptr.dtype.element_ty), mask=valid)
 
 
