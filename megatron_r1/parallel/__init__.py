@@ -1,1 +1,122 @@
+"""Parallel layout: validate the dims once, initialise torch.distributed and Megatron-Core's process groups.
 
+Works under ``torchrun`` (RANK / WORLD_SIZE / MASTER_* from the environment) and as a plain single process
+(a world of one on a free local port). NCCL on CUDA, gloo on CPU (with :mod:`megatron_r1.parallel.cpu`'s
+patches applied).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from megatron_r1.config import ParallelConfig
+
+
+@dataclass(frozen=True)
+class ParallelState:
+    """This rank's place in the layout and its process groups (a view over Megatron's parallel_state)."""
+
+    rank: int
+    world_size: int
+    tp_rank: int
+    tp_size: int
+    pp_rank: int
+    pp_size: int
+    dp_rank: int
+    dp_size: int
+    device: torch.device
+    tp_group: object
+    pp_group: object
+    dp_group: object
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.pp_size - 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(cfg: ParallelConfig, seed: int = 1234) -> ParallelState:
+    """Initialise torch.distributed (if needed) and Megatron-Core model-parallel groups."""
+    from megatron.core import parallel_state as mpu
+
+    use_cuda = torch.cuda.is_available() and cfg.backend != "gloo"
+    backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_cuda else "gloo")
+    if not use_cuda:
+        from megatron_r1.parallel.cpu import apply_cpu_patches
+
+        apply_cpu_patches()
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(free_port()))
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        if use_cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend=backend)
+    world = dist.get_world_size()
+    tp, pp = cfg.tensor_parallel, cfg.pipeline_parallel
+    if world % (tp * pp):
+        from megatron_r1.config import ConfigError
+
+        raise ConfigError(
+            f"world size {world} is not divisible by tensor_parallel × pipeline_parallel = {tp} × {pp}"
+        )
+    if mpu.model_parallel_is_initialized():
+        mpu.destroy_model_parallel()
+    mpu.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    state = ParallelState(
+        rank=dist.get_rank(),
+        world_size=world,
+        tp_rank=mpu.get_tensor_model_parallel_rank(),
+        tp_size=tp,
+        pp_rank=mpu.get_pipeline_model_parallel_rank(),
+        pp_size=pp,
+        dp_rank=mpu.get_data_parallel_rank(),
+        dp_size=mpu.get_data_parallel_world_size(),
+        device=torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu"),
+        tp_group=mpu.get_tensor_model_parallel_group(),
+        pp_group=mpu.get_pipeline_model_parallel_group(),
+        dp_group=mpu.get_data_parallel_group(),
+    )
+    seed_model_parallel(seed, state, use_cuda)
+    return state
+
+
+def seed_model_parallel(seed: int, state: ParallelState, use_cuda: bool) -> None:
+    """Seed torch and Megatron's model-parallel RNG streams (same init on every DP replica)."""
+    torch.manual_seed(seed)
+    if use_cuda:
+        from megatron.core import tensor_parallel
+
+        tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    else:
+        from megatron_r1.parallel.cpu import seed_cpu_rng_tracker
+
+        seed_cpu_rng_tracker(seed, state.tp_rank)
+
+
+def shutdown() -> None:
+    from megatron.core import parallel_state as mpu
+
+    if mpu.model_parallel_is_initialized():
+        mpu.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,80 @@
+"""Policy-gradient losses, the k3 KL estimator and loss aggregation (pure functions).
+
+Shapes: B sequences × T response positions; ``mask`` [B, T] is 1 on generated tokens, 0 on padding.
+
+GRPO objective (R1 paper §2.2.1, Eq. 1), per token, as a loss to minimise:
+    ρ = exp(logp − old_logp)
+    L = −min(ρ·A, clip(ρ, 1 − ε_low, 1 + ε_high)·A) + β·D_KL
+with DAPO's clip-higher (ε_low ≠ ε_high) and the k3 estimator (Eq. 2)
+    D_KL = exp(ref − logp) − (ref − logp) − 1  ≥ 0.
+
+Aggregation (how per-token losses become one number) matters for length bias:
+    token-mean              Σ_{i,t} L·m / Σ m                      (DAPO: every token weighs the same)
+    seq-mean-token-mean     1/B Σ_i (Σ_t L·m / Σ_t m)             (the original GRPO)
+    seq-mean-token-sum-norm 1/B Σ_i (Σ_t L·m / C)                 (Dr.GRPO: C a constant, e.g. max length)
+With gradient accumulation the denominators must be the *global* batch's (``num_tokens`` / ``num_seqs``),
+so that micro-batches sum to exactly the full-batch loss.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def clipped_surrogate(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logprobs, old_logprobs [B, T], advantages [B] or [B, T] → (loss [B, T], clipped [B, T] bool).
+
+    ``clipped`` marks tokens whose gradient the clip removes (the clipped branch is the minimum).
+    """
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = ratio * advantages
+    clipped_ratio = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    clipped = clipped_ratio * advantages
+    loss = -torch.minimum(unclipped, clipped)
+    return loss, clipped < unclipped
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """k3 estimator of KL(π_θ ‖ π_ref) per token [B, T] (Schulman 2020; R1 Eq. 2); always ≥ 0."""
+    log_ratio = ref_logprobs - logprobs
+    return torch.exp(log_ratio) - log_ratio - 1.0
+
+
+def aggregate_loss(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    num_tokens: float | None = None,
+    num_seqs: float | None = None,
+    norm_constant: float | None = None,
+) -> torch.Tensor:
+    """per_token, mask [B, T] → scalar loss. ``num_tokens`` / ``num_seqs`` default to this batch's counts;
+    pass the global batch's when accumulating micro-batches. ``norm_constant`` is Dr.GRPO's C (default T)."""
+    mask = mask.to(per_token.dtype)
+    summed = per_token * mask
+    if mode == "token-mean":
+        denom = num_tokens if num_tokens is not None else mask.sum().clamp(min=1.0)
+        return summed.sum() / denom
+    seqs = num_seqs if num_seqs is not None else per_token.shape[0]
+    if mode == "seq-mean-token-mean":
+        return (summed.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)).sum() / seqs
+    if mode == "seq-mean-token-sum-norm":
+        c = norm_constant if norm_constant is not None else per_token.shape[1]
+        return (summed.sum(dim=1) / c).sum() / seqs
+    raise ValueError(
+        f"unknown loss aggregation {mode!r}; known: token-mean, seq-mean-token-mean, seq-mean-token-sum-norm"
+    )
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` [B, T] over positions where ``mask`` is 1 (0 when the mask is empty)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)

@@ -1,0 +1,447 @@
+"""Typed configuration: one dataclass per section, YAML files that override defaults, ``a.b=value`` overrides.
+
+Every field is typed, defaulted and documented where it is declared. ``load_config`` reads a YAML file (only the
+keys that differ from the defaults), applies command-line overrides, and validates; an unknown key is an error
+naming it and the nearest valid one, an impossible setting fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported as one line."""
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    """Model family preset (megatron_r1.models registry): tiny, llama, qwen2, qwen3, ..."""
+    hf_path: str | None = None
+    """Local Hugging Face model directory: architecture from its config.json, tokenizer and weights from it."""
+    num_layers: int = 2
+    """Transformer layers."""
+    hidden_size: int = 64
+    """Model width."""
+    ffn_hidden_size: int = 256
+    """MLP inner width (per gate/up branch for SwiGLU)."""
+    num_attention_heads: int = 4
+    """Query heads."""
+    num_query_groups: int = 2
+    """Key/value heads (GQA groups)."""
+    kv_channels: int | None = None
+    """Head dimension; None means hidden_size / num_attention_heads."""
+    vocab_size: int = 0
+    """Vocabulary size; 0 takes the tokenizer's size."""
+    max_position_embeddings: int = 512
+    """Longest sequence (prompt + response) the model is built for."""
+    rotary_base: float = 10000.0
+    """RoPE theta."""
+    norm_epsilon: float = 1e-6
+    """RMSNorm epsilon."""
+    add_qkv_bias: bool = False
+    """Bias on the QKV projection (Qwen2)."""
+    tie_word_embeddings: bool = False
+    """Share the input embedding with the output layer."""
+    params_dtype: str = "float32"
+    """float32 | bfloat16 | float16: parameter and compute dtype (bf16 on GPU)."""
+    init_std: float = 0.02
+    """Std of the random initialisation (used when no checkpoint is loaded)."""
+    qk_layernorm: bool = False
+    """RMSNorm on each query / key head before RoPE (Qwen3)."""
+    num_experts: int = 0
+    """Routed experts per MoE layer; 0 builds a dense model (Qwen3-MoE, DeepSeek-V3)."""
+    moe_router_topk: int = 2
+    """Experts each token is routed to."""
+    moe_ffn_hidden_size: int | None = None
+    """Inner width of one routed expert; None means ffn_hidden_size."""
+    moe_shared_expert_intermediate_size: int | None = None
+    """Total inner width of the shared experts (DeepSeek-V3); None means no shared expert."""
+    moe_first_k_dense: int = 0
+    """The first k layers keep a dense MLP (DeepSeek-V3 ``first_k_dense_replace``)."""
+    moe_router_score_function: str = "softmax"
+    """softmax (Qwen3-MoE) | sigmoid (DeepSeek-V3)."""
+    moe_router_pre_softmax: bool = False
+    """Softmax over all experts before top-k (no renormalisation of the top-k weights)."""
+    moe_router_topk_scaling_factor: float | None = None
+    """Multiplier of the routing weights (DeepSeek-V3 ``routed_scaling_factor``)."""
+    moe_router_num_groups: int | None = None
+    """Expert groups for group-limited routing (DeepSeek-V3 ``n_group``)."""
+    moe_router_group_topk: int | None = None
+    """Groups each token may route to (DeepSeek-V3 ``topk_group``)."""
+    moe_router_enable_expert_bias: bool = False
+    """Aux-loss-free load balancing bias on the routing scores (DeepSeek-V3 ``e_score_correction_bias``)."""
+    moe_aux_loss_coeff: float = 0.0
+    """Load-balancing auxiliary loss weight."""
+    multi_latent_attention: bool = False
+    """Multi-head latent attention (DeepSeek-V3); the fields below apply only to it."""
+    q_lora_rank: int | None = None
+    """MLA query compression rank; None projects queries directly."""
+    kv_lora_rank: int = 512
+    """MLA key/value compression rank."""
+    qk_head_dim: int = 128
+    """MLA query/key head dimension without the rotary part."""
+    qk_pos_emb_head_dim: int = 64
+    """MLA rotary (decoupled RoPE) head dimension."""
+    v_head_dim: int = 128
+    """MLA value head dimension."""
+    rope_scaling_factor: float = 1.0
+    """YaRN scaling factor; 1.0 means plain RoPE."""
+    rope_original_max_position_embeddings: int = 4096
+    """YaRN: the context length the model was pre-trained with."""
+    rope_beta_fast: float = 32.0
+    """YaRN beta_fast."""
+    rope_beta_slow: float = 1.0
+    """YaRN beta_slow."""
+    rope_mscale: float = 1.0
+    """YaRN mscale."""
+    rope_mscale_all_dim: float = 0.0
+    """YaRN mscale_all_dim."""
+
+
+@dataclass
+class ParallelConfig:
+    tensor_parallel: int = 1
+    """Tensor-parallel size (must divide heads and KV groups)."""
+    pipeline_parallel: int = 1
+    """Pipeline-parallel size (must divide the layers)."""
+    backend: str = "auto"
+    """auto | nccl | gloo: torch.distributed backend; auto = nccl with CUDA, gloo without."""
+    distributed_optimizer: bool = False
+    """Shard optimizer state over data-parallel ranks (Megatron DistributedOptimizer, CUDA only)."""
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "native"
+    """Rollout engine: native (built-in, KV cache) | vllm (colocated, GPU)."""
+    group_size: int = 8
+    """G: completions sampled per prompt (the group of GRPO)."""
+    temperature: float = 1.0
+    """Sampling temperature for training rollouts."""
+    top_p: float = 1.0
+    """Nucleus sampling for training rollouts."""
+    max_new_tokens: int = 64
+    """Longest response."""
+    stop_strings: list[str] = field(default_factory=lambda: ["</answer>"])
+    """Generation stops after any of these (EOS always stops)."""
+    weight_sync_bucket_mb: int = 512
+    """Size of the buckets that carry weights from the trainer to the engine."""
+    gpu_memory_utilization: float = 0.5
+    """vLLM only: share of GPU memory the colocated engine may take."""
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage: str = "grpo"
+    """Advantage estimator: grpo ((r - mean) / std, R1 paper) | dr_grpo (r - mean, no std)."""
+    clip_low: float = 0.2
+    """ε_low of the clipped surrogate."""
+    clip_high: float = 0.2
+    """ε_high (DAPO clip-higher: 0.28)."""
+    kl_coef: float = 0.0
+    """β of the k3 KL penalty to the frozen reference; 0 builds no reference model."""
+    loss_agg: str = "token-mean"
+    """token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (Dr.GRPO)."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch (1 = on-policy, ratio is 1 at the first micro-step)."""
+    drop_zero_std_groups: bool = False
+    """DAPO dynamic sampling (filter only): drop groups whose rewards are all equal."""
+    overlong_buffer: int = 0
+    """DAPO overlong shaping: linear penalty over the last N tokens before max_new_tokens (0 = off)."""
+
+
+@dataclass
+class RewardConfig:
+    weights: dict[str, float] = field(default_factory=lambda: {"exact": 1.0, "format": 0.5})
+    """Reward name (megatron_r1.rewards registry) → weight; the reward is the weighted sum."""
+    accuracy: str = "exact"
+    """The reward that defines correctness for eval/accuracy."""
+    num_workers: int = 0
+    """Worker processes of the batch scorer (0 = in process)."""
+    timeout_s: float = 10.0
+    """Per-completion scoring timeout."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "arithmetic"
+    """Prompt source: arithmetic (built-in generator) | jsonl | reasoning_gym."""
+    path: str | None = None
+    """JSONL file for source=jsonl."""
+    task: str = "basic_arithmetic"
+    """reasoning-gym task for source=reasoning_gym."""
+    template: str = "r1_zero"
+    """Prompt template: r1_zero | chat | plain."""
+    prompts_per_step: int = 8
+    """Prompts per GRPO step (the rollout batch is prompts_per_step × group_size)."""
+    eval_size: int = 64
+    """Held-out prompts for eval/accuracy."""
+    max_prompt_tokens: int = 128
+    """Longer prompts are dropped."""
+    digits: int = 2
+    """Built-in arithmetic: operand digits."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 60
+    """GRPO steps."""
+    lr: float = 1e-3
+    """Peak learning rate (paper scale: 3e-6)."""
+    min_lr: float = 0.0
+    """Learning rate at the end of the cosine schedule."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    lr_schedule: str = "constant"
+    """constant | cosine | linear."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_beta1: float = 0.9
+    """AdamW β1."""
+    adam_beta2: float = 0.99
+    """AdamW β2."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = off)."""
+    micro_batch_size: int = 16
+    """Sequences per forward/backward; gradients accumulate to the full rollout batch."""
+    save_every: int = 0
+    """Checkpoint interval in steps (0 = only at the end)."""
+    seed: int = 1234
+    """Seed of everything (data, sampling, initialisation)."""
+    max_bad_steps: int = 3
+    """Consecutive non-finite losses before the run stops."""
+    sft_warmup_steps: int = 150
+    """Supervised warm-up steps on generated solutions before GRPO (the demo's 'base model')."""
+    sft_lr: float = 3e-3
+    """Learning rate of the warm-up."""
+    sft_batch_size: int = 32
+    """Sequences per warm-up step."""
+    logprob_impl: str = "auto"
+    """Token log-prob implementation: auto (Triton kernel on CUDA) | triton | torch."""
+
+
+@dataclass
+class EvalConfig:
+    every: int = 10
+    """Evaluate the held-out set every N steps (and at step 0 and the end); 0 = only at start and end."""
+    temperature: float = 0.0
+    """Eval sampling temperature (0 = greedy; the paper: 0.6 with k samples)."""
+    top_p: float = 1.0
+    """Eval nucleus sampling (the paper: 0.95)."""
+    samples: int = 1
+    """k samples per eval problem; accuracy is pass@1 = mean correctness."""
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = True
+    """Write TensorBoard scalars under RUN_DIR/tensorboard."""
+    progress: bool = True
+    """Console progress bar with ETA."""
+    level: str = "INFO"
+    """Python logging level."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def _suggest(key: str, valid: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check/convert ``value`` to the field type ``annotation`` (a string under PEP 563)."""
+    tp = eval(annotation, vars(typing) | {"types": types}) if isinstance(annotation, str) else annotation
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool):
+        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+            return value
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    return value
+
+
+def _apply(section: Any, values: dict[str, Any], where: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key {key!r}{_suggest(key, fields)}")
+        setattr(section, key, _coerce(value, fields[key].type, f"{where}.{key}"))
+
+
+def apply_dict(cfg: Config, data: dict[str, Any], where: str) -> None:
+    """Apply a nested mapping ``{section: {key: value}}`` onto ``cfg``."""
+    sections = {f.name for f in dataclasses.fields(cfg)}
+    for name, values in data.items():
+        if name not in sections:
+            raise ConfigError(f"{where}: unknown section {name!r}{_suggest(name, sections)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: section {name!r} must be a mapping, got {values!r}")
+        _apply(getattr(cfg, name), values, f"{where}: {name}")
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``section.key=value`` → (section, key, value); the value is parsed as YAML (numbers, lists, ...)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    path, raw = text.split("=", 1)
+    section, key = path.split(".", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    return section, key, value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{line}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults ← YAML file ← ``section.key=value`` overrides, then :func:`validate`."""
+    cfg = Config()
+    if path is not None:
+        apply_dict(cfg, load_yaml(path), str(path))
+    for text in overrides:
+        section, key, value = parse_override(text)
+        apply_dict(cfg, {section: {key: value}}, f"override {text!r}")
+    validate(cfg)
+    return cfg
+
+
+# -------------------------------------------------------------------------------------------- validation
+
+_CHOICES = {
+    ("parallel", "backend"): ("auto", "nccl", "gloo"),
+    ("rollout", "engine"): ("native", "vllm"),
+    ("algorithm", "advantage"): ("grpo", "dr_grpo"),
+    ("algorithm", "loss_agg"): ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
+    ("data", "source"): ("arithmetic", "jsonl", "reasoning_gym"),
+    ("data", "template"): ("r1_zero", "chat", "plain"),
+    ("train", "lr_schedule"): ("constant", "cosine", "linear"),
+    ("train", "logprob_impl"): ("auto", "triton", "torch"),
+    ("model", "params_dtype"): ("float32", "bfloat16", "float16"),
+}
+
+_POSITIVE = (
+    ("model", "num_layers"),
+    ("model", "hidden_size"),
+    ("model", "num_attention_heads"),
+    ("model", "num_query_groups"),
+    ("parallel", "tensor_parallel"),
+    ("parallel", "pipeline_parallel"),
+    ("rollout", "group_size"),
+    ("rollout", "max_new_tokens"),
+    ("data", "prompts_per_step"),
+    ("train", "micro_batch_size"),
+    ("algorithm", "ppo_epochs"),
+)
+
+
+def validate(cfg: Config, world_size: int | None = None) -> None:
+    """Fail on impossible settings with one line. ``world_size`` (when known) is checked against tp × pp."""
+    for (section, key), choices in _CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in choices:
+            raise ConfigError(f"{section}.{key}={value!r}: expected one of {', '.join(choices)}")
+    for section, key in _POSITIVE:
+        if getattr(getattr(cfg, section), key) < 1:
+            raise ConfigError(f"{section}.{key} must be >= 1")
+    m, p = cfg.model, cfg.parallel
+    if m.hf_path is None:
+        if m.num_attention_heads % m.num_query_groups:
+            raise ConfigError(
+                f"model.num_query_groups={m.num_query_groups} must divide "
+                f"model.num_attention_heads={m.num_attention_heads}"
+            )
+        if m.kv_channels is None and m.hidden_size % m.num_attention_heads:
+            raise ConfigError(
+                f"model.num_attention_heads={m.num_attention_heads} must divide "
+                f"model.hidden_size={m.hidden_size} (or set model.kv_channels)"
+            )
+        for key in ("num_attention_heads", "num_query_groups"):
+            if getattr(m, key) % p.tensor_parallel:
+                raise ConfigError(
+                    f"parallel.tensor_parallel={p.tensor_parallel} must divide model.{key}={getattr(m, key)}"
+                )
+        if m.num_layers % p.pipeline_parallel:
+            raise ConfigError(
+                f"parallel.pipeline_parallel={p.pipeline_parallel} must divide "
+                f"model.num_layers={m.num_layers}"
+            )
+    if world_size is not None and world_size % (p.tensor_parallel * p.pipeline_parallel):
+        raise ConfigError(
+            f"world size {world_size} is not divisible by tensor_parallel × pipeline_parallel = "
+            f"{p.tensor_parallel} × {p.pipeline_parallel}"
+        )
+    if not 0 <= cfg.algorithm.clip_low < 1 or cfg.algorithm.clip_high < 0:
+        raise ConfigError("algorithm.clip_low must be in [0, 1) and algorithm.clip_high >= 0")
+    if cfg.algorithm.kl_coef < 0:
+        raise ConfigError("algorithm.kl_coef must be >= 0")
+    if cfg.rollout.temperature <= 0:
+        raise ConfigError("rollout.temperature must be > 0 for training rollouts")
+    if not 0 < cfg.rollout.top_p <= 1 or not 0 < cfg.eval.top_p <= 1:
+        raise ConfigError("rollout.top_p and eval.top_p must be in (0, 1]")
+    if cfg.data.source == "jsonl" and not cfg.data.path:
+        raise ConfigError("data.source=jsonl needs data.path")
+    if not cfg.reward.weights:
+        raise ConfigError("reward.weights is empty: at least one reward is needed")
+    if cfg.algorithm.overlong_buffer >= cfg.rollout.max_new_tokens:
+        raise ConfigError("algorithm.overlong_buffer must be smaller than rollout.max_new_tokens")
