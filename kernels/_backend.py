@@ -45,9 +45,7 @@ def use_triton(impl: str, tensor: torch.Tensor) -> bool:
     if not triton_available():
         raise RuntimeError("impl='triton' requested but triton is not installed")
     if not tensor.is_cuda and tensor.device.type != "meta" and not interpreter_enabled():
-        raise RuntimeError(
-            "impl='triton' on a CPU tensor needs Triton's interpreter: set TRITON_INTERPRET=1"
-        )
+        raise RuntimeError("impl='triton' on a CPU tensor needs Triton's interpreter: set TRITON_INTERPRET=1")
     return True
 
 

@@ -29,9 +29,9 @@ def _logprob_stats(
     """One program per row: online softmax over vocabulary blocks (z = logits / T)."""
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + row * stride_row
-    m = tl.full((), float("-inf"), tl.float32)
-    s = tl.zeros((), tl.float32)
-    t = tl.zeros((), tl.float32)
+    m = float("-inf")  # running max, sum exp(z - m), sum exp(z - m) * (z - m): fp32 scalars
+    s = 0.0
+    t = 0.0
     for start in range(0, vocab_shard, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
         z = tl.load(row_ptr + cols, mask=cols < vocab_shard, other=float("-inf"))

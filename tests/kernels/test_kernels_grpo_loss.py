@@ -69,9 +69,7 @@ def test_padding_garbage_and_empty_mask():
     ref[~mask] = 50.0
     (loss, _, _), grad = _compare(logprobs, old, adv, mask, ref, beta=0.1)
     assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
-    (loss, clip_fraction, kl_mean), grad = _compare(
-        logprobs, old, adv, torch.zeros_like(mask), ref, beta=0.1
-    )
+    (loss, clip_fraction, kl_mean), grad = _compare(logprobs, old, adv, torch.zeros_like(mask), ref, beta=0.1)
     assert (loss == 0).all() and clip_fraction == 0 and kl_mean == 0 and (grad == 0).all()
 
 
@@ -114,9 +112,7 @@ def test_meta_opcheck_and_compile():
     assert meta[0].grad.shape == (2, 9)
 
     x = logprobs.clone().requires_grad_()
-    torch.library.opcheck(
-        torch.ops.megatron_r1.grpo_loss.default, (x, old, adv, mask, ref, 0.2, 0.28, 0.1)
-    )
+    torch.library.opcheck(torch.ops.megatron_r1.grpo_loss.default, (x, old, adv, mask, ref, 0.2, 0.28, 0.1))
 
     def step(lp):
         loss, clip_fraction, kl_mean = grpo_loss(lp, old, adv, mask, ref, beta=0.1, impl="triton")

@@ -143,9 +143,7 @@ def test_logprobs_are_not_positive():
 def test_auto_on_cpu_uses_reference_and_impl_is_validated():
     logits = _logits((2, 50))
     labels = torch.tensor([0, 49])
-    torch.testing.assert_close(
-        token_logprobs(logits, labels), token_logprobs_reference(logits, labels)
-    )
+    torch.testing.assert_close(token_logprobs(logits, labels), token_logprobs_reference(logits, labels))
     with pytest.raises(ValueError):
         token_logprobs(logits, labels, impl="cuda")
     with pytest.raises(ValueError):

@@ -40,9 +40,7 @@ def _run(fn, logits, labels, w_logp, w_ent):
 
 
 def _worker(rank, port):
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
-    )
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         group = dist.new_group(list(range(WORLD)))
         for dtype in (torch.float32, torch.bfloat16):
@@ -74,9 +72,7 @@ def _check_rank(rank, group, dtype):
         torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-5, msg=impl)
         want_grad = want[2][:, rank * VOCAB_SHARD : (rank + 1) * VOCAB_SHARD]
         assert got[2].dtype == dtype
-        torch.testing.assert_close(
-            got[2].float(), want_grad.float(), atol=grad_atol, rtol=1e-2, msg=impl
-        )
+        torch.testing.assert_close(got[2].float(), want_grad.float(), atol=grad_atol, rtol=1e-2, msg=impl)
 
 
 def _free_port():
