@@ -19,6 +19,7 @@ _REGISTRY: dict[str, RewardFn] = {}
 _BUILTIN_MODULES = (
     "megatron_r1.rewards.basic",
     "megatron_r1.rewards.math_answer",
+    "megatron_r1.rewards.code",
 )
 
 

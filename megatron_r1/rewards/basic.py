@@ -12,9 +12,7 @@ import re
 
 from megatron_r1.rewards import register
 
-_FORMAT_RE = re.compile(
-    r"^\s*<think>(?P<think>.*?)</think>\s*<answer>(?P<answer>.*?)</answer>\s*$", re.S
-)
+_FORMAT_RE = re.compile(r"^\s*<think>(?P<think>.*?)</think>\s*<answer>(?P<answer>.*?)</answer>\s*$", re.S)
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
 
 

@@ -1,0 +1,334 @@
+"""Run untrusted Python (model completions) in a throw-away, locked-down process.
+
+Every run gets:
+
+- a fresh working directory, owned by a per-run unprivileged uid (root ignores ``RLIMIT_NPROC``
+  and may write anywhere, so the child drops to that uid/gid with no supplementary groups);
+- its own session / process group, and a new network namespace (no interface but a down loopback)
+  and mount namespace in which ``/tmp``, ``/var/tmp`` and ``/dev/shm`` are small private tmpfs,
+  when the parent is root; otherwise the harness refuses ``import socket`` (weaker, best effort);
+- resource limits set before the program starts: CPU seconds, address space, processes (per uid),
+  file size (so flooding stdout ends with SIGXFSZ), open files, no core dumps;
+- a scrubbed environment (nothing from the trainer's environment reaches the program);
+- a wall-clock timeout, after which the process group and every process left with the run's uid
+  are killed (also after a normal exit, so no daemonised child survives).
+
+The program is executed by a small trusted harness (``_HARNESS``) inside the sandbox. Test verdicts
+come back through a result file carrying a per-run random nonce that the program never sees, so an
+early ``os._exit(0)`` or a forged "passed" line on stdout cannot count as passing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWNET = 0x40000000
+_MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x4000, 0x40000
+_PRIVATE_TMP_DIRS = (b"/tmp", b"/var/tmp", b"/dev/shm")
+# Per-run uids come from this range (no passwd entry needed); unique among concurrent runs.
+_UID_BASE, _UID_SPAN = 1_000_000, 1_000_000
+_uid_counter = itertools.count()
+_uid_lock = threading.Lock()
+
+_CONFIG_NAME = ".mr1_config.json"
+
+# Trusted code run first inside the sandbox (as ``python -I -S -c _HARNESS``). Reads its config,
+# deletes it (the nonce must not be visible to the program), then runs the program and tests.
+_HARNESS = r"""
+import json, os, sys
+sys.modules["_socket"] = None  # best effort; the network namespace is the real barrier
+def _main():
+    with open(".mr1_config.json") as f:
+        cfg = json.load(f)
+    os.unlink(".mr1_config.json")
+    nonce, result_fd, mode = cfg.pop("nonce"), cfg.pop("result_fd"), cfg["mode"]
+    with open("main.py") as f:
+        source = f.read()
+    scope = {"__name__": "__main__" if mode == "script" else "solution", "__builtins__": __builtins__}
+    passed = total = 0
+    if mode == "script":
+        exec(compile(source, "main.py", "exec"), scope)
+    elif mode == "check":
+        total = 1
+        exec(compile(source, "main.py", "exec"), scope)
+        exec(compile(cfg["test"], "test.py", "exec"), scope)
+        scope["check"](scope[cfg["entry_point"]])
+        passed = 1
+    elif mode == "asserts":
+        exec(compile(source, "main.py", "exec"), scope)
+        for test in cfg["tests"]:
+            total += 1
+            try:
+                exec(compile(test, "test.py", "exec"), scope)
+                passed += 1
+            except BaseException:
+                pass
+    sys.stdout.flush()
+    os.write(result_fd, ("%s %d %d\n" % (nonce, passed, total)).encode())
+_main()
+"""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Limits of one sandboxed run."""
+
+    wall_s: float = 10.0
+    """Wall-clock seconds before everything is killed."""
+    cpu_s: int = 10
+    """RLIMIT_CPU: CPU seconds of the process (all its threads)."""
+    memory_bytes: int = 1 << 30
+    """RLIMIT_AS: address space of each process."""
+    max_processes: int = 32
+    """RLIMIT_NPROC: processes + threads of the run's uid."""
+    max_file_bytes: int = 16 << 20
+    """RLIMIT_FSIZE: largest file the program may write (stdout included)."""
+    max_open_files: int = 64
+    """RLIMIT_NOFILE."""
+    max_output_chars: int = 1 << 20
+    """Characters of stdout / stderr read back."""
+
+
+@dataclass
+class SandboxResult:
+    """What one sandboxed run did."""
+
+    returncode: int | None
+    stdout: str
+    stderr: str
+    timed_out: bool
+    duration_s: float
+    passed: int = 0
+    """Tests passed, as reported by the harness (0 unless the report carries the run's nonce)."""
+    total: int = 0
+    completed: bool = False
+    """True when the harness reached its end (the program did not exit or die early)."""
+    extra: dict = field(default_factory=dict)
+
+
+def _world_executable(path: str) -> bool:
+    """True when an unprivileged user can execute ``path`` (every directory on the way searchable)."""
+    path = os.path.realpath(path)
+    if not os.path.isfile(path) or not os.stat(path).st_mode & 0o001:
+        return False
+    parent = os.path.dirname(path)
+    while parent and parent != "/":
+        if not os.stat(parent).st_mode & 0o001:
+            return False
+        parent = os.path.dirname(parent)
+    return True
+
+
+def default_interpreter() -> str:
+    """A Python the sandbox uid can run: this one if reachable, else the system ``python3``."""
+    if os.geteuid() != 0 or _world_executable(sys.executable):
+        return sys.executable
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3", shutil.which("python3") or ""):
+        if candidate and _world_executable(candidate):
+            return candidate
+    raise RuntimeError("no Python interpreter that an unprivileged sandbox user can execute")
+
+
+def _next_uid() -> int:
+    with _uid_lock:
+        n = next(_uid_counter)
+    return _UID_BASE + (os.getpid() * 64 + n % 64) % _UID_SPAN
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _make_preexec(uid: int | None, limits: SandboxLimits):
+    """The function run in the child between fork and exec (order matters: namespaces and mounts
+    need root, so they come before the privilege drop; limits are set before exec)."""
+    import resource
+
+    rlimits = [
+        (resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1)),
+        (resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes)),
+        (resource.RLIMIT_FSIZE, (limits.max_file_bytes, limits.max_file_bytes)),
+        (resource.RLIMIT_NOFILE, (limits.max_open_files, limits.max_open_files)),
+        (resource.RLIMIT_NPROC, (limits.max_processes, limits.max_processes)),
+        (resource.RLIMIT_CORE, (0, 0)),
+    ]
+    unshare, mount = _libc.unshare, _libc.mount
+
+    def preexec() -> None:
+        if uid is not None:
+            if unshare(_CLONE_NEWNET | _CLONE_NEWNS) == 0:
+                mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None)
+                for target in _PRIVATE_TMP_DIRS:
+                    mount(b"tmpfs", target, b"tmpfs", _MS_NOSUID | _MS_NODEV, b"size=16m,mode=1777")
+            else:
+                os.write(2, b"sandbox: unshare failed, network not isolated\n")
+        for which, value in rlimits:
+            resource.setrlimit(which, value)
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+
+    return preexec
+
+
+def _pids_of_uid(uid: int) -> list[int]:
+    """Live (non-zombie) processes owned by ``uid``."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid != uid:
+                continue
+            with open(f"/proc/{name}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in (b"Z", b"X"):
+            pids.append(int(name))
+    return pids
+
+
+def _kill_everything(proc: subprocess.Popen, uid: int | None) -> None:
+    """Kill the run's process group, then every process left with its uid (escaped sessions)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        logger.warning("sandbox process %d did not die after SIGKILL", proc.pid)
+    if uid is None or uid == 0:  # never sweep by uid as root: kill(-1) would hit everything
+        return
+    for _ in range(20):
+        if not _pids_of_uid(uid):
+            return
+        # kill(-1) from a process with the run's uid signals exactly the run's processes.
+        subprocess.run(
+            ["/bin/kill", "-KILL", "-1"],
+            user=uid,
+            group=uid,
+            extra_groups=[],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+        time.sleep(0.01)
+    logger.warning("sandbox uid %d still has processes after the sweep", uid)
+
+
+def _read(path: str, limit: int) -> str:
+    with open(path, "rb") as f:
+        return f.read(limit).decode("utf-8", errors="replace")
+
+
+def run_python(
+    source: str,
+    *,
+    mode: str = "script",
+    stdin: str = "",
+    test: str = "",
+    entry_point: str = "",
+    tests: list[str] | None = None,
+    limits: SandboxLimits | None = None,
+    interpreter: str | None = None,
+) -> SandboxResult:
+    """Run ``source`` in a sandbox.
+
+    ``mode``: ``"script"`` runs it as ``__main__`` with ``stdin`` as standard input;
+    ``"check"`` runs it, then ``test`` (HumanEval style), then ``check(<entry_point>)``;
+    ``"asserts"`` runs it, then each statement of ``tests`` (MBPP style), counting the ones that
+    do not raise. ``passed`` / ``total`` in the result count the tests.
+    """
+    limits = limits or SandboxLimits()
+    isolate = os.geteuid() == 0
+    uid = _next_uid() if isolate else None
+    nonce = secrets.token_hex(16)
+    base = tempfile.mkdtemp(prefix="mr1-sandbox-")  # 0o700, root's: stdio and result files
+    work = os.path.join(base, "work")
+    os.mkdir(work, 0o700)
+    start = time.monotonic()
+    try:
+        with open(os.path.join(work, "main.py"), "w", encoding="utf-8") as f:
+            f.write(source)
+        paths = {name: os.path.join(base, name) for name in ("stdin", "stdout", "stderr", "result")}
+        with open(paths["stdin"], "w", encoding="utf-8") as f:
+            f.write(stdin)
+        files = {
+            "stdin": open(paths["stdin"], "rb"),
+            "stdout": open(paths["stdout"], "wb"),
+            "stderr": open(paths["stderr"], "wb"),
+            "result": open(paths["result"], "wb"),
+        }
+        try:
+            result_fd = files["result"].fileno()
+            config = {"nonce": nonce, "result_fd": result_fd, "mode": mode, "test": test}
+            config.update(entry_point=entry_point, tests=list(tests or []))
+            with open(os.path.join(work, _CONFIG_NAME), "w") as f:
+                json.dump(config, f)
+            if uid is not None:
+                for dirpath, _, filenames in os.walk(work):
+                    os.chown(dirpath, uid, uid)
+                    for name in filenames:
+                        os.chown(os.path.join(dirpath, name), uid, uid)
+            env = {
+                "PATH": "/usr/bin:/bin",
+                "LANG": "C.UTF-8",
+                "HOME": "/nonexistent",
+                "PYTHONIOENCODING": "utf-8",
+                "PYTHONDONTWRITEBYTECODE": "1",
+                "OMP_NUM_THREADS": "1",
+            }
+            proc = subprocess.Popen(
+                [interpreter or default_interpreter(), "-I", "-S", "-c", _HARNESS],
+                stdin=files["stdin"],
+                stdout=files["stdout"],
+                stderr=files["stderr"],
+                pass_fds=(result_fd,),
+                cwd=work,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_make_preexec(uid, limits),  # noqa: PLW1509 (the sandbox needs it)
+            )
+        finally:
+            for f in files.values():
+                f.close()
+        timed_out = False
+        try:
+            proc.wait(timeout=limits.wall_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        _kill_everything(proc, uid)
+        duration = time.monotonic() - start
+        report = _read(paths["result"], 200).split()
+        completed = len(report) == 3 and report[0] == nonce
+        passed, total = (int(report[1]), int(report[2])) if completed else (0, 0)
+        return SandboxResult(
+            returncode=None if timed_out else proc.returncode,
+            stdout=_read(paths["stdout"], limits.max_output_chars),
+            stderr=_read(paths["stderr"], limits.max_output_chars),
+            timed_out=timed_out,
+            duration_s=duration,
+            passed=passed,
+            total=total,
+            completed=completed and not timed_out,
+        )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
