@@ -57,9 +57,7 @@ class SamplingParams:
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
-            raise ValueError(
-                f"SamplingParams.max_new_tokens must be >= 1, got {self.max_new_tokens}"
-            )
+            raise ValueError(f"SamplingParams.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
         self.stop_strings = tuple(s for s in self.stop_strings if s)
 
@@ -92,9 +90,7 @@ class Completion:
 class Engine(Protocol):
     """What the GRPO trainer needs from a rollout engine."""
 
-    def generate(
-        self, prompts_token_ids: list[list[int]], sampling: SamplingParams
-    ) -> list[Completion]:
+    def generate(self, prompts_token_ids: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         """Sample ``sampling.n`` completions per prompt.
 
         Returns ``len(prompts_token_ids) * sampling.n`` completions ordered prompt-major: all n

@@ -188,9 +188,7 @@ class NativeEngine:
 
     # ------------------------------------------------------------------ generation
 
-    def generate(
-        self, prompts_token_ids: list[list[int]], sampling: SamplingParams
-    ) -> list[Completion]:
+    def generate(self, prompts_token_ids: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         """``len(prompts) * sampling.n`` completions, prompt-major (see ``engine.Engine``)."""
         if self._asleep:
             raise RuntimeError("NativeEngine.generate called while asleep; call wake_up() first")
@@ -199,9 +197,7 @@ class NativeEngine:
             if not prompt:
                 raise ValueError(f"prompt {i} is empty")
             if len(prompt) >= max_pos:
-                raise ValueError(
-                    f"prompt {i} has {len(prompt)} tokens; max_position_embeddings is {max_pos}"
-                )
+                raise ValueError(f"prompt {i} has {len(prompt)} tokens; max_position_embeddings is {max_pos}")
         rows = [
             _Row(p, min(sampling.max_new_tokens, max_pos - len(prompt)))
             for p, prompt in enumerate(prompts_token_ids)
@@ -273,9 +269,7 @@ class NativeEngine:
         tail = 4 * max((len(s) for s in stop_strings), default=0) + 4
         step = 0
         while True:
-            tokens, logprobs = sample_tokens(
-                logits, sampling.temperature, sampling.top_p, generator
-            )
+            tokens, logprobs = sample_tokens(logits, sampling.temperature, sampling.top_p, generator)
             for row, token, logprob in zip(live, tokens.tolist(), logprobs.tolist()):
                 if row is None:
                     continue
@@ -283,9 +277,7 @@ class NativeEngine:
                 row.logprobs.append(logprob)
                 if token in stop_ids:
                     row.finish_reason = "stop"
-                elif stop_strings and any(
-                    s in self._decode(row.token_ids[-tail:]) for s in stop_strings
-                ):
+                elif stop_strings and any(s in self._decode(row.token_ids[-tail:]) for s in stop_strings):
                     row.finish_reason = "stop"
                 elif len(row.token_ids) >= row.budget:
                     row.finish_reason = "length"

@@ -69,9 +69,7 @@ class NativeModelConfig:
                 )
             self.head_dim = self.hidden_size // self.num_heads
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"num_heads {self.num_heads} not divisible by num_kv_heads {self.num_kv_heads}"
-            )
+            raise ValueError(f"num_heads {self.num_heads} not divisible by num_kv_heads {self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
         rope_type = (self.rope_scaling or {}).get("rope_type", "default")
@@ -88,9 +86,7 @@ class NativeModelConfig:
             raise NotImplementedError(f"native model: hidden_act {cfg['hidden_act']!r}")
         if cfg.get("mlp_bias", False):
             raise NotImplementedError("native model: mlp_bias=True is not supported")
-        if cfg.get("use_sliding_window", False) or (
-            model_type == "mistral" and cfg.get("sliding_window")
-        ):
+        if cfg.get("use_sliding_window", False) or (model_type == "mistral" and cfg.get("sliding_window")):
             raise NotImplementedError("native model: sliding-window attention is not supported")
         # transformers 5 folds rope_theta / rope_scaling into rope_parameters.
         rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
