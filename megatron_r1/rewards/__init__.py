@@ -18,6 +18,8 @@ _REGISTRY: dict[str, RewardFn] = {}
 # Modules that register built-in rewards on import; imported lazily by get()/names().
 _BUILTIN_MODULES = (
     "megatron_r1.rewards.basic",
+    "megatron_r1.rewards.format",
+    "megatron_r1.rewards.language",
     "megatron_r1.rewards.math_answer",
     "megatron_r1.rewards.code",
 )
