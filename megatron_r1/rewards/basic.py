@@ -23,8 +23,5 @@ def extract_answer_tag(completion: str) -> str | None:
 
 @register("exact")
 def exact_reward(completion: str, row: dict) -> float:
-    return (
-        1.0
-        if (answer := extract_answer_tag(completion)) is not None and answer == str(row["answer"]).strip()
-        else 0.0
-    )
+    answer = extract_answer_tag(completion)
+    return 1.0 if answer is not None and answer == str(row["answer"]).strip() else 0.0
