@@ -22,6 +22,7 @@ _BUILTIN_MODULES = (
     "megatron_r1.rewards.language",
     "megatron_r1.rewards.math_answer",
     "megatron_r1.rewards.code",
+    "megatron_r1.rewards.reasoning_gym",
 )
 
 

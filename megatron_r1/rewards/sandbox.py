@@ -21,6 +21,7 @@ early ``os._exit(0)`` or a forged "passed" line on stdout cannot count as passin
 from __future__ import annotations
 
 import ctypes
+import glob
 import itertools
 import json
 import logging
@@ -41,8 +42,9 @@ _CLONE_NEWNS = 0x00020000
 _CLONE_NEWNET = 0x40000000
 _MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x4000, 0x40000
 _PRIVATE_TMP_DIRS = (b"/tmp", b"/var/tmp", b"/dev/shm")
-# Per-run uids come from this range (no passwd entry needed); unique among concurrent runs.
-_UID_BASE, _UID_SPAN = 1_000_000, 1_000_000
+# Per-run uids come from this range (no passwd entry needed): 64 per parent pid, so concurrent runs
+# never share one and the uids of a dead parent's runs are known (see kill_runs_of).
+_UID_BASE, _UID_SPAN, _UIDS_PER_PID = 1_000_000, 1 << 28, 64
 _uid_counter = itertools.count()
 _uid_lock = threading.Lock()
 
@@ -148,7 +150,11 @@ def default_interpreter() -> str:
 def _next_uid() -> int:
     with _uid_lock:
         n = next(_uid_counter)
-    return _UID_BASE + (os.getpid() * 64 + n % 64) % _UID_SPAN
+    return _uid_of(os.getpid(), n)
+
+
+def _uid_of(pid: int, n: int) -> int:
+    return _UID_BASE + (pid * _UIDS_PER_PID + n % _UIDS_PER_PID) % _UID_SPAN
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -205,21 +211,13 @@ def _pids_of_uid(uid: int) -> list[int]:
     return pids
 
 
-def _kill_everything(proc: subprocess.Popen, uid: int | None) -> None:
-    """Kill the run's process group, then every process left with its uid (escaped sessions)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        logger.warning("sandbox process %d did not die after SIGKILL", proc.pid)
-    if uid is None or uid == 0:  # never sweep by uid as root: kill(-1) would hit everything
-        return
+def _sweep_uid(uid: int) -> bool:
+    """Kill every process of ``uid`` (never 0); True when none is left."""
+    if uid == 0:  # kill(-1) as root would hit everything
+        return False
     for _ in range(20):
         if not _pids_of_uid(uid):
-            return
+            return True
         # kill(-1) from a process with the run's uid signals exactly the run's processes.
         subprocess.run(
             ["/bin/kill", "-KILL", "-1"],
@@ -232,6 +230,38 @@ def _kill_everything(proc: subprocess.Popen, uid: int | None) -> None:
         )
         time.sleep(0.01)
     logger.warning("sandbox uid %d still has processes after the sweep", uid)
+    return False
+
+
+def kill_runs_of(pid: int) -> None:
+    """Kill what is left of the sandbox runs started by process ``pid`` (e.g. a scorer worker that
+    was killed mid-run and so could not clean up after itself)."""
+    if os.geteuid() != 0:
+        return
+    uids = {_uid_of(pid, n) for n in range(_UIDS_PER_PID)}
+    for name in os.listdir("/proc"):
+        try:
+            uid = os.stat(f"/proc/{name}").st_uid if name.isdigit() else None
+        except OSError:
+            continue
+        if uid in uids:
+            _sweep_uid(uid)
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"mr1-sandbox-{pid}-*")):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _kill_everything(proc: subprocess.Popen, uid: int | None) -> None:
+    """Kill the run's process group, then every process left with its uid (escaped sessions)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        logger.warning("sandbox process %d did not die after SIGKILL", proc.pid)
+    if uid is not None:
+        _sweep_uid(uid)
 
 
 def _read(path: str, limit: int) -> str:
@@ -261,7 +291,8 @@ def run_python(
     isolate = os.geteuid() == 0
     uid = _next_uid() if isolate else None
     nonce = secrets.token_hex(16)
-    base = tempfile.mkdtemp(prefix="mr1-sandbox-")  # 0o700, root's: stdio and result files
+    # 0o700, root's: stdio and result files; the pid in the name lets kill_runs_of clean up.
+    base = tempfile.mkdtemp(prefix=f"mr1-sandbox-{os.getpid()}-")
     work = os.path.join(base, "work")
     os.mkdir(work, 0o700)
     start = time.monotonic()
