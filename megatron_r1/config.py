@@ -1,7 +1,7 @@
 """Typed configuration: one dataclass per section, YAML files that override defaults, ``a.b=value`` overrides.
 
-Every field is typed, defaulted and documented where it is declared. ``load_config`` reads a YAML file (only the
-keys that differ from the defaults), applies command-line overrides, and validates; an unknown key is an error
+Every field is typed, defaulted and documented where it is declared. ``load_config`` reads a YAML file
+(only the keys that differ from the defaults), applies command-line overrides, and validates; an unknown key is an error
 naming it and the nearest valid one, an impossible setting fails before any work starts.
 """
 
@@ -27,7 +27,8 @@ class ModelConfig:
     preset: str = "tiny"
     """Model family preset (megatron_r1.models registry): tiny, llama, qwen2, qwen3, ..."""
     hf_path: str | None = None
-    """Local Hugging Face model directory: architecture from its config.json, tokenizer and weights from it."""
+    """Local Hugging Face model directory: architecture from its config.json, tokenizer and weights from
+    it."""
     num_layers: int = 2
     """Transformer layers."""
     hidden_size: int = 64
@@ -226,6 +227,8 @@ class TrainConfig:
     """Learning rate of the warm-up."""
     sft_batch_size: int = 32
     """Sequences per warm-up step."""
+    cpu_threads: int = 1
+    """torch threads per process on CPU (0 = torch's default); tiny models run fastest single-threaded."""
     logprob_impl: str = "auto"
     """Token log-prob implementation: auto (Triton kernel on CUDA) | triton | torch."""
 

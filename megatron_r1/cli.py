@@ -1,0 +1,94 @@
+"""The ``megatron-r1`` command: thin — parse, then call into the package."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from megatron_r1.config import ConfigError
+
+
+def _train(args: argparse.Namespace) -> None:
+    from megatron_r1.config import load_config
+    from megatron_r1.training.run import train
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = args.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    metrics = train(cfg, run_dir, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        acc = metrics.get("eval/accuracy")
+        print(f"done: {run_dir}" + (f" (final eval/accuracy {acc:.3f})" if acc is not None else ""))
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from megatron_r1.eval.plot import plot_run
+
+    for path in plot_run(args.run_dir, args.out):
+        print(path)
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from megatron_r1 import convert
+
+    if args.direction == "hf-to-megatron":
+        convert.hf_to_megatron(args.src, args.dst, verify=args.verify)
+    else:
+        convert.megatron_to_hf(args.src, args.dst)
+    print(args.dst)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megatron-r1", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="GRPO training (no CONFIG: the embedded R1-Zero demo)")
+    p.add_argument("config", nargs="?", help="YAML config (only what differs from the defaults)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.add_argument("--run-dir", help="output directory (default runs/<timestamp>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run dir's latest checkpoint")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("plot", help="PNG curves of reward, accuracy and response length")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="output directory (default RUN_DIR/plots)")
+    p.set_defaults(func=_plot)
+
+    p = sub.add_parser("convert", help="Hugging Face ⇄ Megatron checkpoints")
+    p.add_argument("direction", choices=["hf-to-megatron", "megatron-to-hf"])
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--verify", action="store_true", help="compare logits of both sides")
+    p.set_defaults(func=_convert)
+    return parser
+
+
+def _split_config_arg(args: argparse.Namespace) -> None:
+    # ``train a.b=1`` (no CONFIG): the first positional is an override, not a file.
+    if getattr(args, "config", None) and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        args.overrides = [args.config, *args.overrides]
+        args.config = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _split_config_arg(args)
+    logging.basicConfig(
+        level=os.environ.get("MEGATRON_R1_LOG", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("megatron", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"megatron-r1: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Checkpoints: the model as a Megatron-Core dist_checkpoint (loadable under another TP / PP layout), the
+optimizer and RNG states per rank, and the step (the data position is a pure function of the step).
+
+Layout: ``RUN_DIR/checkpoints/step_000040/{model/, rank_00000.pt, ...}`` and ``latest`` naming the newest
+complete one. A save is written under ``step_N.tmp`` and renamed only once every rank has finished, then
+``latest`` is replaced atomically: an interrupted save never replaces the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megatron_r1.parallel import ParallelState
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    run_dir: str | Path, step: int, model, optimizer, state: ParallelState, extra: dict | None = None
+) -> Path:
+    """Save everything needed to resume at ``step``; returns the checkpoint directory."""
+    from megatron.core import dist_checkpointing
+
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step_{step:06d}"
+    tmp = root / f"step_{step:06d}.tmp"
+    if state.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "model").mkdir(parents=True)
+    dist.barrier()
+    dist_checkpointing.save(model.sharded_state_dict(), str(tmp / "model"))
+    torch.save(
+        {"step": step, "optimizer": optimizer.state_dict(), "rng": _rng_state(), "extra": extra or {}},
+        tmp / f"rank_{state.rank:05d}.pt",
+    )
+    dist.barrier()
+    if state.is_main:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _write_atomic(root / "latest", final.name)
+    dist.barrier()
+    return final
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None."""
+    root = Path(run_dir) / "checkpoints"
+    latest = root / "latest"
+    if latest.is_file():
+        path = root / latest.read_text().strip()
+        if path.is_dir():
+            return path
+    done = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: str | Path, model, optimizer, state: ParallelState) -> dict:
+    """Restore model, optimizer and RNG states in place; returns {"step", "extra"}."""
+    from megatron.core import dist_checkpointing
+
+    path = Path(path)
+    rank_file = path / f"rank_{state.rank:05d}.pt"
+    if not rank_file.is_file():
+        raise FileNotFoundError(f"{rank_file}: missing (checkpoint saved with another world size?)")
+    loaded = dist_checkpointing.load(model.sharded_state_dict(), str(path / "model"))
+    model.load_state_dict(loaded, strict=False)
+    blob = torch.load(rank_file, weights_only=False)
+    optimizer.load_state_dict(blob["optimizer"])
+    _set_rng_state(blob["rng"])
+    return {"step": blob["step"], "extra": blob["extra"]}

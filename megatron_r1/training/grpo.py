@@ -1,0 +1,222 @@
+"""The GRPO loop: rollout → reward → group-relative advantage → clipped policy update (+ β·KL) → weight sync.
+
+``grpo_step`` reads like the algorithm; each phase is a call into its own module and is timed.
+Data parallelism: each DP replica generates and scores its own share of the prompts (whole groups, so the
+group baseline never crosses ranks); loss denominators are global, so the summed gradients equal one big
+batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.distributed as dist
+
+from megatron_r1.algorithms import aggregate_loss, clipped_surrogate, compute_advantages, kl_k3
+from megatron_r1.rewards.basic import extract_answer_tag  # noqa: F401  (registers the basic rewards)
+from megatron_r1.rollout.engine import SamplingParams
+from megatron_r1.rollout.reshard import hf_weight_buckets
+from megatron_r1.training.batch import build_batch, score
+from megatron_r1.training.metrics import PhaseTimer
+from megatron_r1.training.optim import lr_at
+from megatron_r1.training.setup import Components
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. too many non-finite losses in a row)."""
+
+
+def sampling_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + rank) % (2**31)
+
+
+def sync_weights(c: Components) -> None:
+    """Megatron shards → full HF-named tensors → the rollout engine, in bounded buckets."""
+    bucket_bytes = c.cfg.rollout.weight_sync_bucket_mb * 2**20
+    for bucket in hf_weight_buckets(c.policy.model, c.state, c.to_hf, bucket_bytes):
+        c.engine.update_weights(bucket)
+
+
+def _dp_sum(values: list[float], c: Components) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=c.state.device)
+    if c.state.dp_size > 1:
+        dist.all_reduce(t, group=c.state.dp_group)
+    return t.tolist()
+
+
+def _from_last_stage(values: dict[str, float], c: Components) -> dict[str, float]:
+    """Metrics computed on the last pipeline stage, made known to every stage."""
+    if c.state.pp_size == 1:
+        return values
+    keys = ["loss", "kl", "clip_fraction", "entropy", "logprob_diff"]
+    t = torch.tensor([values.get(k, 0.0) for k in keys], dtype=torch.float64, device=c.state.device)
+    dist.all_reduce(t, group=c.state.pp_group)
+    return dict(zip(keys, t.tolist()))
+
+
+def grpo_loss_fn(c: Components, num_tokens: float, num_seqs: float):
+    """The per-micro-batch loss: clipped surrogate + β·k3 KL, aggregated with global denominators."""
+    a = c.cfg.algorithm
+
+    def loss_fn(logprobs, entropy, mb):
+        mask = mb["response_mask"]
+        old = mb.get("old_logprobs", logprobs.detach())
+        per_token, clipped = clipped_surrogate(logprobs, old, mb["advantages"], a.clip_low, a.clip_high)
+        kl = torch.zeros_like(per_token)
+        if "ref_logprobs" in mb:
+            kl = kl_k3(logprobs, mb["ref_logprobs"])
+            per_token = per_token + a.kl_coef * kl
+        loss = aggregate_loss(
+            per_token, mask, a.loss_agg, num_tokens, num_seqs, norm_constant=c.cfg.rollout.max_new_tokens
+        )
+        n = mask.sum()
+        metrics = {
+            "loss": loss.detach(),
+            "kl": (kl.detach() * mask).sum(),
+            "clip_fraction": (clipped.float() * mask).sum(),
+            "entropy": (entropy.detach() * mask).sum() if entropy is not None else n * 0,
+            "logprob_diff": ((logprobs.detach() - mb["sampler_logprobs"]).abs() * mask).sum(),
+            "tokens": n,
+        }
+        return loss, metrics
+
+    return loss_fn
+
+
+def rollout(c: Components, step: int, rows: list[dict]):
+    r = c.cfg.rollout
+    sampling = SamplingParams(
+        n=r.group_size,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        max_new_tokens=r.max_new_tokens,
+        stop_token_ids=(c.tokenizer.eos_token_id,),
+        stop_strings=tuple(r.stop_strings),
+        seed=sampling_seed(c.cfg.train.seed, step, c.state.dp_rank),
+    )
+    prompt_ids = [c.prompts.encode(row) for row in rows]
+    return prompt_ids, c.engine.generate(prompt_ids, sampling)
+
+
+def update(c: Components, batch: dict[str, torch.Tensor], step: int, total_steps: int) -> dict[str, float]:
+    """Policy-gradient update over the rollout batch: micro-batches accumulate, one optimizer step."""
+    cfg = c.cfg
+    mbs = cfg.train.micro_batch_size
+    num_tokens, num_seqs = _dp_sum([batch["response_mask"].sum().item(), batch["tokens"].shape[0]], c)
+    if c.reference is not None:
+        batch["ref_logprobs"] = _on_all_stages(c.reference.logprobs(batch, mbs), batch, c)
+    if cfg.algorithm.ppo_epochs > 1:
+        batch["old_logprobs"] = _on_all_stages(c.policy.logprobs(batch, mbs), batch, c)
+    totals: dict[str, float] = {}
+    for _ in range(cfg.algorithm.ppo_epochs):
+        outs = c.policy.run(batch, grpo_loss_fn(c, num_tokens, num_seqs), mbs, with_entropy=True)
+        for out in outs:
+            for k, v in out.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        grad_norm, stepped = c.optimizer.step(lr_at(step, cfg.train, total_steps))
+    tokens = max(totals.get("tokens", 0.0), 1.0)
+    metrics = {k: totals.get(k, 0.0) / tokens for k in ("kl", "clip_fraction", "entropy", "logprob_diff")}
+    metrics["loss"] = totals.get("loss", 0.0) / cfg.algorithm.ppo_epochs
+    metrics = _from_last_stage(metrics, c)
+    if c.state.dp_size > 1:
+        keys = list(metrics)
+        metrics = dict(zip(keys, [v / c.state.dp_size for v in _dp_sum([metrics[k] for k in keys], c)]))
+    metrics["grad_norm"] = grad_norm
+    metrics["skipped"] = 0.0 if stepped and math.isfinite(metrics["loss"]) else 1.0
+    return metrics
+
+
+def _on_all_stages(logprobs: torch.Tensor | None, batch: dict, c: Components) -> torch.Tensor:
+    """Log-probs live on the last stage; only it uses them, other stages carry a placeholder."""
+    return logprobs if logprobs is not None else torch.zeros_like(batch["response_mask"])
+
+
+def grpo_step(c: Components, step: int, total_steps: int, timer: PhaseTimer) -> dict[str, float]:
+    """One GRPO step; returns its metrics (identical on every rank)."""
+    cfg = c.cfg
+    per_rank = cfg.data.prompts_per_step // c.state.dp_size
+    all_rows = c.prompts.rows(step, per_rank * c.state.dp_size)
+    rows = all_rows[c.state.dp_rank * per_rank : (c.state.dp_rank + 1) * per_rank]
+    G = cfg.rollout.group_size
+
+    with timer.phase("rollout"):
+        c.engine.wake_up()
+        prompt_ids, completions = rollout(c, step, rows)
+        c.engine.sleep()
+    with timer.phase("reward"):
+        texts = [comp.text for comp in completions]
+        scores = score(texts, [rows[i // G] for i in range(len(texts))], cfg.reward.weights)
+        rewards = scores["total"]
+        advantages, zero_std = compute_advantages(cfg.algorithm.advantage, rewards, G)
+    with timer.phase("train"):
+        batch = build_batch(prompt_ids, completions, G, c.tokenizer.pad_token_id)
+        batch["advantages"] = advantages
+        if cfg.algorithm.drop_zero_std_groups and not zero_std.all():
+            keep = (~zero_std).repeat_interleave(G)
+            batch = {k: v[keep] for k, v in batch.items()}
+        batch = {k: v.to(c.state.device) for k, v in batch.items()}
+        train_metrics = update(c, batch, step, total_steps)
+    with timer.phase("weight_sync"):
+        sync_weights(c)
+
+    lengths = torch.tensor([len(comp.token_ids) for comp in completions], dtype=torch.float64)
+    acc = scores.get(cfg.reward.accuracy, rewards)
+    sums = _dp_sum(
+        [
+            rewards.sum().item(),
+            (rewards.double() ** 2).sum().item(),
+            acc.sum().item(),
+            lengths.sum().item(),
+            float(len(completions)),
+            float(zero_std.sum()),
+            float(zero_std.numel()),
+        ],
+        c,
+    )
+    n = sums[4]
+    mean = sums[0] / n
+    max_len = lengths.max().reshape(1)
+    if c.state.dp_size > 1:
+        dist.all_reduce(max_len, op=dist.ReduceOp.MAX, group=c.state.dp_group)
+    metrics = {
+        "reward/mean": mean,
+        "reward/std": math.sqrt(max(sums[1] / n - mean**2, 0.0)),
+        "reward/accuracy": sums[2] / n,
+        "response_length/mean": sums[3] / n,
+        "response_length/max": float(max_len),
+        "zero_std_groups": sums[5],
+        "zero_std_fraction": sums[5] / max(sums[6], 1.0),
+        "lr": lr_at(step, cfg.train, total_steps),
+    }
+    for name in cfg.reward.weights:
+        metrics[f"reward/{name}"] = _dp_sum([scores[name].sum().item()], c)[0] / n
+    return metrics | train_metrics
+
+
+def evaluate(c: Components) -> float:
+    """Held-out accuracy: k samples per problem (eval.samples), pass@1 = mean correctness."""
+    e = c.cfg.eval
+    rows = c.prompts.eval_rows[c.state.dp_rank :: c.state.dp_size]
+    sampling = SamplingParams(
+        n=e.samples,
+        temperature=e.temperature,
+        top_p=e.top_p,
+        max_new_tokens=c.cfg.rollout.max_new_tokens,
+        stop_token_ids=(c.tokenizer.eos_token_id,),
+        stop_strings=tuple(c.cfg.rollout.stop_strings),
+        seed=sampling_seed(c.cfg.train.seed, -1, c.state.dp_rank),
+    )
+    c.engine.wake_up()
+    completions = c.engine.generate([c.prompts.encode(r) for r in rows], sampling) if rows else []
+    c.engine.sleep()
+    correct = score(
+        [comp.text for comp in completions],
+        [rows[i // e.samples] for i in range(len(completions))],
+        {c.cfg.reward.accuracy: 1.0},
+    )["total"]
+    total, count = _dp_sum([correct.sum().item(), float(len(completions))], c)
+    return total / max(count, 1.0)

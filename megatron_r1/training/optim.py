@@ -1,0 +1,162 @@
+"""Optimizer, learning-rate schedule, data-parallel gradient reduction and gradient clipping.
+
+On CUDA the model is wrapped in Megatron-Core's ``DistributedDataParallel`` and stepped by its optimizer
+(``get_megatron_optimizer``; ``parallel.distributed_optimizer`` shards the state over data-parallel ranks).
+On CPU (gloo: tests, the demo) Megatron's DDP and optimizer hard-code CUDA, so the same update is done by
+:class:`LocalOptimizer`: AdamW, gradients summed over data-parallel ranks (the losses are already divided by
+global counts), and the global gradient norm computed once per parameter shard: tensor-parallel shards are
+summed over the TP group, replicated parameters (norms) counted once, stages summed over the PP group.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from megatron_r1.config import TrainConfig
+from megatron_r1.parallel import ParallelState
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int, peak: float | None = None) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then constant / cosine /
+    linear."""
+    peak = cfg.lr if peak is None else peak
+    if step < cfg.warmup_steps:
+        return peak * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return peak
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    if cfg.lr_schedule == "cosine":
+        return cfg.min_lr + (peak - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.min_lr + (peak - cfg.min_lr) * (1.0 - progress)
+
+
+class LocalOptimizer:
+    """AdamW with data-parallel gradient sum and TP/PP-aware global-norm clipping (CPU / gloo)."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, state: ParallelState):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.cfg = cfg
+        self.state = state
+        self.opt = torch.optim.AdamW(
+            self.params,
+            lr=cfg.lr,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            weight_decay=cfg.weight_decay,
+            eps=1e-8,
+        )
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def _reduce_grads(self) -> None:
+        if self.state.dp_size == 1:
+            return
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, group=self.state.dp_group)
+
+    def grad_norm(self) -> float:
+        tp_sq = torch.zeros((), dtype=torch.float64)
+        rep_sq = torch.zeros((), dtype=torch.float64)
+        for p in self.params:
+            if p.grad is None:
+                continue
+            sq = p.grad.detach().double().pow(2).sum()
+            if getattr(p, "tensor_model_parallel", False):
+                tp_sq += sq
+            else:
+                rep_sq += sq
+        if self.state.tp_size > 1:
+            dist.all_reduce(tp_sq, group=self.state.tp_group)
+        total = tp_sq + rep_sq
+        if self.state.pp_size > 1:
+            dist.all_reduce(total, group=self.state.pp_group)
+        return float(total.sqrt())
+
+    def step(self, lr: float) -> tuple[float, bool]:
+        """Reduce, clip, step. Returns (grad_norm, stepped); a non-finite norm skips the update."""
+        self._reduce_grads()
+        norm = self.grad_norm()
+        if not math.isfinite(norm):
+            self.zero_grad()
+            return norm, False
+        if self.cfg.grad_clip > 0 and norm > self.cfg.grad_clip:
+            scale = self.cfg.grad_clip / (norm + 1e-6)
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.step()
+        self.zero_grad()
+        return norm, True
+
+    def state_dict(self) -> dict:
+        return self.opt.state_dict()
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.opt.load_state_dict(sd)
+
+
+class MegatronOptimizer:
+    """Megatron-Core DDP + optimizer (CUDA): bucketed gradient all-reduce / reduce-scatter, fp32 main
+    params for bf16 models, the distributed optimizer when asked for, Megatron's gradient clipping."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, state: ParallelState, distributed: bool):
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        tcfg = model.config
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True,
+            overlap_grad_reduce=False,
+            use_distributed_optimizer=distributed,
+            average_in_collective=False,
+        )
+        self.model = DistributedDataParallel(config=tcfg, ddp_config=ddp_config, module=model)
+        self.optimizer = get_megatron_optimizer(
+            OptimizerConfig(
+                optimizer="adam",
+                lr=cfg.lr,
+                weight_decay=cfg.weight_decay,
+                adam_beta1=cfg.adam_beta1,
+                adam_beta2=cfg.adam_beta2,
+                clip_grad=cfg.grad_clip,
+                bf16=tcfg.bf16,
+                fp16=tcfg.fp16,
+                params_dtype=tcfg.params_dtype,
+                use_distributed_optimizer=distributed,
+            ),
+            [self.model],
+        )
+
+    def zero_grad(self) -> None:
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+
+    def step(self, lr: float) -> tuple[float, bool]:
+        from megatron.core.distributed import finalize_model_grads
+
+        finalize_model_grads([self.model])
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        stepped, grad_norm, _ = self.optimizer.step()
+        self.zero_grad()
+        return float(grad_norm if grad_norm is not None else float("nan")), bool(stepped)
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.optimizer.load_state_dict(sd)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, state: ParallelState, distributed: bool):
+    if state.device.type == "cuda":
+        return MegatronOptimizer(model, cfg, state, distributed)
+    return LocalOptimizer(model, cfg, state)

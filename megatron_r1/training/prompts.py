@@ -1,0 +1,86 @@
+"""Where a run's prompts come from: a source of rows per step (a pure function of the step, so a resumed run
+sees the same data) and a fixed held-out set, both turned into token ids with the configured template."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from megatron_r1.config import Config, ConfigError
+from megatron_r1.data import arithmetic
+
+R1_ZERO_TEMPLATE = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with "
+    "the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> "
+    "</answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here "
+    "</answer>. User: {prompt}. Assistant:"
+)
+
+
+@dataclass
+class PromptSource:
+    """``rows(step, count)`` → training rows for a step; ``eval_rows`` the held-out set; ``encode(row)``
+    ids."""
+
+    rows: Callable[[int, int], list[dict]]
+    eval_rows: list[dict]
+    encode: Callable[[dict], list[int]]
+
+
+def _template(cfg: Config, tokenizer) -> Callable[[dict], list[int]]:
+    name = cfg.data.template
+    if name == "plain":
+        return lambda row: tokenizer.encode(row["prompt"])
+    if name == "r1_zero":
+        return lambda row: tokenizer.encode(R1_ZERO_TEMPLATE.format(prompt=row["prompt"]))
+
+    def chat(row: dict) -> list[int]:
+        messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
+        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+
+    return chat
+
+
+def _from_pool(pool: list[dict], seed: int) -> Callable[[int, int], list[dict]]:
+    def rows(step: int, count: int) -> list[dict]:
+        rng = random.Random(seed * 1_000_003 + step)
+        return [pool[rng.randrange(len(pool))] for _ in range(count)]
+
+    return rows
+
+
+def build_prompt_source(cfg: Config, tokenizer) -> PromptSource:
+    d, seed = cfg.data, cfg.train.seed
+    if d.source == "arithmetic":
+        held_out = arithmetic.problems(seed + 7919, d.eval_size, d.digits)
+        seen = {r["prompt"] for r in held_out}
+
+        def rows(step: int, count: int) -> list[dict]:
+            rng = random.Random(seed * 1_000_003 + step)
+            out = []
+            while len(out) < count:
+                row = arithmetic.make_problem(rng, d.digits)
+                if row["prompt"] not in seen:
+                    out.append(row)
+            return out
+
+        return PromptSource(rows, held_out, _template(cfg, tokenizer))
+    if d.source == "jsonl":
+        from megatron_r1.data.jsonl import load_jsonl
+
+        pool = load_jsonl(d.path)
+    elif d.source == "reasoning_gym":
+        from megatron_r1.data.reasoning_gym import generate_rows
+
+        pool = generate_rows(d.task, size=max(1000, d.eval_size * 10), seed=seed)
+    else:
+        raise ConfigError(f"data.source={d.source!r} is not supported")
+    encode = _template(cfg, tokenizer)
+    pool = [r for r in pool if len(encode(r)) <= d.max_prompt_tokens]
+    if len(pool) <= d.eval_size:
+        raise ConfigError(f"data: only {len(pool)} prompts fit data.max_prompt_tokens; need > data.eval_size")
+    rng = random.Random(seed)
+    rng.shuffle(pool)
+    return PromptSource(_from_pool(pool[d.eval_size :], seed), pool[: d.eval_size], encode)

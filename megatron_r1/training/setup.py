@@ -1,0 +1,137 @@
+"""Everything a run needs, built once from the config: process groups, tokenizer, policy (and reference)
+on Megatron-Core, optimizer, rollout engine, prompt source."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from megatron_r1.config import Config, ConfigError
+from megatron_r1.parallel import ParallelState, init_distributed
+from megatron_r1.training.optim import build_optimizer
+from megatron_r1.training.policy import Policy
+from megatron_r1.training.prompts import PromptSource, build_prompt_source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Components:
+    cfg: Config
+    state: ParallelState
+    tokenizer: Any
+    policy: Policy
+    reference: Policy | None
+    optimizer: Any
+    engine: Any
+    prompts: PromptSource
+    to_hf: Any
+
+
+def load_tokenizer(cfg: Config):
+    if cfg.model.hf_path:
+        from megatron_r1.data.hf_tokenizer import load_tokenizer as load_hf
+
+        return load_hf(cfg.model.hf_path)
+    from megatron_r1.data.tokenizer import CharTokenizer
+
+    return CharTokenizer()
+
+
+def native_engine_config(cfg: Config):
+    from megatron_r1.rollout.native_model import NativeModelConfig
+
+    m = cfg.model
+    return NativeModelConfig(
+        vocab_size=m.vocab_size,
+        hidden_size=m.hidden_size,
+        intermediate_size=m.ffn_hidden_size,
+        num_layers=m.num_layers,
+        num_heads=m.num_attention_heads,
+        num_kv_heads=m.num_query_groups,
+        head_dim=m.kv_channels,
+        rope_theta=m.rotary_base,
+        rms_norm_eps=m.norm_epsilon,
+        qkv_bias=m.add_qkv_bias,
+        tie_word_embeddings=m.tie_word_embeddings,
+        max_position_embeddings=m.max_position_embeddings,
+    )
+
+
+def _resolve_model_config(cfg: Config, tokenizer) -> None:
+    if cfg.model.hf_path:
+        from megatron_r1.models.hf import model_config_from_hf
+
+        hf_cfg = model_config_from_hf(cfg.model.hf_path)
+        hf_cfg.params_dtype = cfg.model.params_dtype
+        cfg.model = hf_cfg
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = len(tokenizer)
+    if cfg.model.vocab_size % cfg.parallel.tensor_parallel:
+        raise ConfigError(
+            f"model.vocab_size={cfg.model.vocab_size} must be divisible by "
+            f"parallel.tensor_parallel={cfg.parallel.tensor_parallel}"
+        )
+
+
+def build_components(cfg: Config) -> Components:
+    from megatron_r1.config import validate
+    from megatron_r1.convert import get_adapter
+    from megatron_r1.models import build_model
+    from megatron_r1.rollout.engine import build_engine
+
+    if not torch.cuda.is_available() and cfg.train.cpu_threads > 0:
+        torch.set_num_threads(cfg.train.cpu_threads)
+    state = init_distributed(cfg.parallel, seed=cfg.train.seed)
+    validate(cfg, world_size=state.world_size)
+    tokenizer = load_tokenizer(cfg)
+    _resolve_model_config(cfg, tokenizer)
+
+    model = build_model(cfg.model, cfg.parallel, state.is_first_stage, state.is_last_stage).to(state.device)
+    if cfg.model.hf_path:
+        from megatron_r1.convert.checkpoint import load_hf_weights
+
+        load_hf_weights(model, cfg.model.hf_path, cfg.model, state)
+    optimizer = build_optimizer(model, cfg.train, state, cfg.parallel.distributed_optimizer)
+    policy = Policy(getattr(optimizer, "model", model), state, cfg.train.logprob_impl)
+
+    reference = None
+    if cfg.algorithm.kl_coef > 0:
+        ref_model = copy.deepcopy(model).requires_grad_(False).eval()
+        reference = Policy(ref_model, state, cfg.train.logprob_impl)
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if cfg.rollout.engine == "native":
+        engine = build_engine(
+            "native",
+            model_config=native_engine_config(cfg),
+            tokenizer=tokenizer,
+            device=state.device,
+            dtype=dtype[cfg.model.params_dtype],
+            max_batch_size=max(64, cfg.data.prompts_per_step * cfg.rollout.group_size),
+        )
+    else:
+        engine = build_engine(
+            cfg.rollout.engine,
+            hf_path=cfg.model.hf_path,
+            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+            max_model_len=cfg.model.max_position_embeddings,
+            seed=cfg.train.seed,
+        )
+    adapter = get_adapter(cfg.model.preset)
+    prompts = build_prompt_source(cfg, tokenizer)
+    return Components(
+        cfg=cfg,
+        state=state,
+        tokenizer=tokenizer,
+        policy=policy,
+        reference=reference,
+        optimizer=optimizer,
+        engine=engine,
+        prompts=prompts,
+        to_hf=lambda name, tensor: adapter.to_hf(name, tensor, cfg.model),
+    )

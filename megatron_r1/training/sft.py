@@ -1,0 +1,56 @@
+"""Supervised fine-tuning on (prompt, completion) pairs: the cold start of R1, distillation, and the demo's
+warm-up that turns a random model into a base that is sometimes right. Loss: mean NLL over completion tokens
+(global token count as the denominator, so micro-batches add up to the full-batch loss)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+
+from megatron_r1.training.optim import lr_at
+from megatron_r1.training.setup import Components
+
+
+def sft_batch(pairs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """(prompt ids, completion ids) pairs → tokens [B, S] and loss_mask [B, S − 1] over completion labels."""
+    width = max(len(p) + len(r) for p, r in pairs)
+    tokens = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(pairs), width - 1)
+    for i, (p, r) in enumerate(pairs):
+        tokens[i, : len(p) + len(r)] = torch.tensor(p + r)
+        mask[i, len(p) - 1 : len(p) + len(r) - 1] = 1.0
+    return {"tokens": tokens, "loss_mask": mask}
+
+
+def sft_step(c: Components, batch: dict[str, torch.Tensor], lr: float) -> dict[str, float]:
+    """One optimizer step of SFT; returns {"sft/loss", "sft/grad_norm"}."""
+    num_tokens = batch["loss_mask"].sum().item()
+
+    def nll(logprobs, _entropy, mb):
+        loss = -(logprobs * mb["loss_mask"]).sum() / num_tokens
+        return loss, {"loss": loss.detach()}
+
+    batch = {k: v.to(c.state.device) for k, v in batch.items()}
+    outs = c.policy.run(batch, nll, c.cfg.train.micro_batch_size)
+    grad_norm, _ = c.optimizer.step(lr)
+    return {"sft/loss": sum(float(o["loss"]) for o in outs), "sft/grad_norm": grad_norm}
+
+
+def arithmetic_warmup(c: Components, steps: int, carry_noise: float = 0.5) -> list[dict[str, float]]:
+    """The demo's base model: SFT on worked additions, a share of which forget a carry."""
+    from megatron_r1.data.arithmetic import warmup_example
+
+    t = c.cfg.train
+    rng = random.Random(t.seed + 17)
+    eos = [c.tokenizer.eos_token_id]
+    history = []
+    for step in range(steps):
+        pairs = []
+        for _ in range(t.sft_batch_size):
+            prompt, completion = warmup_example(rng, c.cfg.data.digits, carry_noise)
+            pairs.append((c.tokenizer.encode(prompt), c.tokenizer.encode(completion) + eos))
+        lr = lr_at(step, t.__class__(lr=t.sft_lr, warmup_steps=10, lr_schedule="constant"), steps)
+        history.append(sft_step(c, sft_batch(pairs, c.tokenizer.pad_token_id), lr))
+    return history
