@@ -103,46 +103,67 @@ _HF_LAYER_DIRECT = {
 }
 
 
+class DenseFromHF:
+    """Incremental HF → Megatron mapping: :meth:`push` one HF tensor, get the Megatron tensors it completes.
+
+    Fused tensors (QKV, gate/up) are buffered only until all their parts have arrived."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        self.cfg = cfg
+        self.pending: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+
+    def push(self, name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        if name in _HF_TOP:
+            if name == "lm_head.weight" and self.cfg.tie_word_embeddings:
+                return []  # a tied checkpoint may still carry the (identical) head
+            return [(_HF_TOP[name], tensor)]
+        m = _HF_LAYER.match(name)
+        if m is None:
+            if name.endswith("rotary_emb.inv_freq"):
+                return []
+            raise KeyError(f"unexpected Hugging Face tensor {name!r}")
+        layer, suffix = m.groups()
+        prefix = f"decoder.layers.{layer}."
+        if suffix in _HF_LAYER_DIRECT:
+            return [(prefix + _HF_LAYER_DIRECT[suffix], tensor)]
+        attn = re.match(r"self_attn\.([qkv])_proj\.(weight|bias)$", suffix)
+        mlp = re.match(r"(mlp|mlp\.shared_experts|mlp\.experts\.\d+)\.(gate|up)_proj\.weight$", suffix)
+        if attn:
+            key, need = (prefix + "self_attention.linear_qkv." + attn.group(2), "qkv"), "qkv"
+            part = attn.group(1)
+        elif mlp:
+            module = _HF_MLP_MODULE.get(mlp.group(1)) or mlp.group(1).replace(
+                "mlp.experts.", "mlp.experts.local_experts."
+            )
+            key, need = (prefix + module + ".linear_fc1.weight", "gu"), "gu"
+            part = mlp.group(2)[0]
+        else:
+            raise KeyError(f"unexpected Hugging Face tensor {name!r}")
+        parts = self.pending.setdefault(key, {})
+        parts[part] = tensor
+        if set(parts) != set(need):
+            return []
+        del self.pending[key]
+        if need == "qkv":
+            return [(key[0], fuse_qkv(parts["q"], parts["k"], parts["v"], self.cfg))]
+        return [(key[0], torch.cat([parts["g"], parts["u"]], dim=0))]
+
+    def finish(self) -> None:
+        """Raise if some fused tensor is still missing parts."""
+        if self.pending:
+            missing = ", ".join(sorted(k[0] for k in self.pending))
+            raise KeyError(f"incomplete fused tensors (missing parts) for: {missing}")
+
+
+_HF_MLP_MODULE = {"mlp": "mlp", "mlp.shared_experts": "mlp.shared_experts"}
+
+
 def from_hf(
     named: Iterable[tuple[str, torch.Tensor]], cfg: ModelConfig
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """HF-named tensors (any order) → Megatron local-spec names; fused tensors are emitted as soon as all
     their parts have arrived, so only pieces of a few tensors are held at once."""
-    pending: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    converter = DenseFromHF(cfg)
     for name, tensor in named:
-        if name in _HF_TOP:
-            if name == "lm_head.weight" and cfg.tie_word_embeddings:
-                continue  # a tied checkpoint may still carry the (identical) head
-            yield _HF_TOP[name], tensor
-            continue
-        m = _HF_LAYER.match(name)
-        if m is None:
-            if name.endswith("rotary_emb.inv_freq"):
-                continue
-            raise KeyError(f"unexpected Hugging Face tensor {name!r}")
-        layer, suffix = m.groups()
-        prefix = f"decoder.layers.{layer}."
-        if suffix in _HF_LAYER_DIRECT:
-            yield prefix + _HF_LAYER_DIRECT[suffix], tensor
-            continue
-        attn = re.match(r"self_attn\.([qkv])_proj\.(weight|bias)$", suffix)
-        mlp = re.match(r"mlp\.(gate|up)_proj\.weight$", suffix)
-        if attn:
-            key, need = (prefix + "self_attention.linear_qkv." + attn.group(2), "qkv"), "qkv"
-            part = attn.group(1)
-        elif mlp:
-            key, need = (prefix + "mlp.linear_fc1.weight", "gu"), "gu"
-            part = mlp.group(1)[0]
-        else:
-            raise KeyError(f"unexpected Hugging Face tensor {name!r}")
-        parts = pending.setdefault(key, {})
-        parts[part] = tensor
-        if set(parts) == set(need):
-            del pending[key]
-            if need == "qkv":
-                yield key[0], fuse_qkv(parts["q"], parts["k"], parts["v"], cfg)
-            else:
-                yield key[0], torch.cat([parts["g"], parts["u"]], dim=0)
-    if pending:
-        missing = ", ".join(sorted(k[0] for k in pending))
-        raise KeyError(f"incomplete fused tensors (missing parts) for: {missing}")
+        yield from converter.push(name, tensor)
+    converter.finish()

@@ -1,0 +1,34 @@
+"""Read a local Hugging Face model directory's ``config.json`` into a :class:`ModelConfig`.
+
+The ``architectures`` entry picks the family (``family_for_architecture``); the family's ``from_hf_config``
+reads the sizes. Nothing is downloaded: the directory must exist locally.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from megatron_r1.config import ConfigError, ModelConfig
+from megatron_r1.models import family_for_architecture
+
+
+def read_hf_config(hf_dir: str | Path) -> dict:
+    """The ``config.json`` of a local HF model directory as a dict."""
+    path = Path(hf_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"no config.json in {hf_dir} (expected a local Hugging Face model directory)")
+    return json.loads(path.read_text())
+
+
+def model_config_from_hf(hf_dir: str | Path, **overrides) -> ModelConfig:
+    """A ModelConfig (preset chosen from ``architectures``) for the HF model in ``hf_dir``."""
+    hf = read_hf_config(hf_dir)
+    architectures = hf.get("architectures") or []
+    if not architectures:
+        raise ConfigError(f"{hf_dir}/config.json has no 'architectures' entry")
+    family = family_for_architecture(architectures[0])
+    fields = family.from_hf_config(hf) if family.from_hf_config else {}
+    dtype = str(hf.get("torch_dtype") or hf.get("dtype") or "float32")
+    fields.setdefault("params_dtype", dtype if dtype in ("float32", "bfloat16", "float16") else "float32")
+    return ModelConfig(preset=family.name, hf_path=str(hf_dir), **(fields | overrides))
