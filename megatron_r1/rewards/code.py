@@ -3,8 +3,9 @@
 The program is the last fenced ```` ```python ```` block of the completion (any fence if none is
 tagged python), else the text after ``</think>`` (or the whole text). Three row shapes:
 
-- HumanEval: ``prompt``, ``entry_point``, ``test`` (defines ``check(candidate)``). When the program
-  does not define ``entry_point`` itself it is taken as the body continuing ``prompt``. One test.
+- HumanEval: ``entry_point``, ``test`` (defines ``check(candidate)``) and ``code_prefix`` (or, in
+  HumanEval's own rows, ``prompt``): when the program does not define ``entry_point`` itself it is
+  taken as the body continuing that prefix. One test.
 - stdin/stdout: ``tests`` = ``[{"input": str, "output": str}, ...]``; outputs are compared after
   stripping trailing white space on each line and trailing blank lines.
 - asserts (MBPP style): ``tests`` = ``["assert f(1) == 2", ...]``.
@@ -67,7 +68,7 @@ def score_code(completion: str, row: dict, config: CodeRewardConfig = CodeReward
     if row.get("test") and row.get("entry_point"):
         entry = row["entry_point"]
         if not re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", code, re.M):
-            code = row.get("prompt", "") + code
+            code = row.get("code_prefix", row.get("prompt", "")) + code
         result = run_python(code, mode="check", test=row["test"], entry_point=entry, limits=limits)
         return 1.0 if result.completed and result.passed == result.total == 1 else 0.0
 
