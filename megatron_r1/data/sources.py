@@ -9,6 +9,7 @@ written to JSONL, sent to reward workers and scored later: reasoning-gym rows ke
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 REASONING_GYM_TASKS = ("countdown", "basic_arithmetic", "gsm_symbolic")
 HUMANEVAL_INSTRUCTION = (
@@ -61,3 +62,29 @@ def humaneval_rows(instruction: str = HUMANEVAL_INSTRUCTION) -> list[dict]:
             }
         )
     return rows
+
+
+def _jsonl_rows(path: str) -> list[dict]:
+    from megatron_r1.data.jsonl import read_jsonl
+
+    return read_jsonl(path)
+
+
+def _humaneval_source() -> list[dict]:
+    return humaneval_rows()
+
+
+# Prompt sources by name (the lead's built-in arithmetic generator lives in data/arithmetic.py).
+SOURCES: dict[str, Callable[..., list[dict]]] = {
+    "jsonl": _jsonl_rows,
+    "reasoning_gym": reasoning_gym_rows,
+    "humaneval": _humaneval_source,
+}
+
+
+def load_source(name: str, **kwargs) -> list[dict]:
+    """Rows of the source ``name``: ``jsonl`` (``path``), ``reasoning_gym`` (``task``, ``size``,
+    ``seed``, task options) or ``humaneval``."""
+    if name not in SOURCES:
+        raise ValueError(f"unknown prompt source {name!r}; one of {', '.join(sorted(SOURCES))}")
+    return SOURCES[name](**kwargs)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from megatron_r1.data.jsonl import read_jsonl, validate_row, write_jsonl
-from megatron_r1.data.sources import REASONING_GYM_TASKS, humaneval_rows, reasoning_gym_rows
+from megatron_r1.data.sources import REASONING_GYM_TASKS, humaneval_rows, load_source, reasoning_gym_rows
 from megatron_r1.rewards import get
 
 
@@ -46,3 +46,13 @@ def test_humaneval_rows():
     assert get("code")(solution, row) == 1.0  # body only: continues code_prefix
     assert get("code")(f"```python\n{row['code_prefix']}{solution}```", row) == 1.0
     assert get("code")(f"```python\n{row['code_prefix']}    return None\n```", row) == 0.0
+
+
+def test_load_source(tmp_path):
+    rows = load_source("reasoning_gym", task="countdown", size=2, seed=0)
+    path = tmp_path / "rows.jsonl"
+    write_jsonl(rows, path)
+    assert load_source("jsonl", path=str(path)) == rows
+    assert len(load_source("humaneval")) == 164
+    with pytest.raises(ValueError, match="unknown prompt source"):
+        load_source("gsm8k")
