@@ -50,6 +50,7 @@ _uid_counter = itertools.count()
 _uid_lock = threading.Lock()
 
 _CONFIG_NAME = ".mr1_config.json"
+_KILL = shutil.which("kill", path="/bin:/usr/bin") or "/bin/kill"
 
 # Trusted code run first inside the sandbox (as ``python -I -S -c _HARNESS``). Reads its config,
 # deletes it (the nonce must not be visible to the program), then runs the program and tests.
@@ -219,16 +220,24 @@ def _sweep_uid(uid: int) -> bool:
     for _ in range(20):
         if not _pids_of_uid(uid):
             return True
-        # kill(-1) from a process with the run's uid signals exactly the run's processes.
-        subprocess.run(
-            ["/bin/kill", "-KILL", "-1"],
-            user=uid,
-            group=uid,
-            extra_groups=[],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            check=False,
-        )
+        # kill(-1) from a process with the run's uid signals exactly the run's processes, atomically
+        # with respect to forks; signalling pid by pid is the fallback where there is no kill(1).
+        try:
+            subprocess.run(
+                [_KILL, "-KILL", "-1"],
+                user=uid,
+                group=uid,
+                extra_groups=[],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
+        except OSError:
+            for pid in _pids_of_uid(uid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
         time.sleep(0.01)
     logger.warning("sandbox uid %d still has processes after the sweep", uid)
     return False

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import pickle
 import signal
 import time
 from collections import deque
@@ -191,6 +192,14 @@ class RewardScorer:
         fns = {name: (reward_fns or {}).get(name) or rewards.get(name) for name in self.weights}
         self._batch_fns = {n: f for n, f in fns.items() if hasattr(f, "score_batch")}
         self._item_fns = {n: f for n, f in fns.items() if n not in self._batch_fns}
+        if num_workers:
+            try:
+                pickle.dumps(self._item_fns)
+            except Exception as exc:
+                raise ValueError(
+                    "rewards scored in worker processes must be picklable (module-level functions); "
+                    f"use num_workers=0 or give them a score_batch method: {exc}"
+                ) from exc
         self._ctx = multiprocessing.get_context(start_method) if num_workers else None
         self._workers: list[_Worker] = []
 

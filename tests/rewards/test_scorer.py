@@ -143,3 +143,10 @@ def _zombie(pid: str) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
     except OSError:
         return True
+
+
+def test_unpicklable_reward_needs_in_process_scoring():
+    fns = {"local": lambda completion, row: 1.0}
+    with pytest.raises(ValueError, match="picklable"):
+        RewardScorer({"local": 1.0}, num_workers=1, reward_fns=fns)
+    assert RewardScorer({"local": 1.0}, num_workers=0, reward_fns=fns).score(["x"], [{}]).total == [1.0]
