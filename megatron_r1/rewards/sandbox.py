@@ -6,7 +6,8 @@ Every run gets:
   and may write anywhere, so the child drops to that uid/gid with no supplementary groups);
 - its own session / process group, and a new network namespace (no interface but a down loopback)
   and mount namespace in which ``/tmp``, ``/var/tmp`` and ``/dev/shm`` are small private tmpfs,
-  when the parent is root; otherwise the harness refuses ``import socket`` (weaker, best effort);
+  when the parent is root; otherwise the harness refuses ``import socket`` (weaker, best effort,
+  and programs importing modules that need sockets, e.g. ``asyncio``, fail);
 - resource limits set before the program starts: CPU seconds, address space, processes (per uid),
   file size (so flooding stdout ends with SIGXFSZ), open files, no core dumps;
 - a scrubbed environment (nothing from the trainer's environment reaches the program);
@@ -50,13 +51,16 @@ _uid_counter = itertools.count()
 _uid_lock = threading.Lock()
 
 _CONFIG_NAME = ".mr1_config.json"
+_NO_NETNS_MARKER = ".mr1_no_netns"
 _KILL = shutil.which("kill", path="/bin:/usr/bin") or "/bin/kill"
 
 # Trusted code run first inside the sandbox (as ``python -I -S -c _HARNESS``). Reads its config,
 # deletes it (the nonce must not be visible to the program), then runs the program and tests.
 _HARNESS = r"""
 import json, os, sys
-sys.modules["_socket"] = None  # best effort; the network namespace is the real barrier
+if os.path.exists(".mr1_no_netns"):  # no network namespace: refuse sockets (best effort only)
+    sys.modules["_socket"] = None
+    os.unlink(".mr1_no_netns")
 def _main():
     with open(".mr1_config.json") as f:
         cfg = json.load(f)
@@ -178,13 +182,15 @@ def _make_preexec(uid: int | None, limits: SandboxLimits):
     unshare, mount = _libc.unshare, _libc.mount
 
     def preexec() -> None:
-        if uid is not None:
+        if uid is None:  # not root: no namespaces
+            os.close(os.open(_NO_NETNS_MARKER, os.O_CREAT | os.O_WRONLY, 0o666))
+        else:
             if unshare(_CLONE_NEWNET | _CLONE_NEWNS) == 0:
                 mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None)
                 for target in _PRIVATE_TMP_DIRS:
                     mount(b"tmpfs", target, b"tmpfs", _MS_NOSUID | _MS_NODEV, b"size=16m,mode=1777")
-            else:
-                os.write(2, b"sandbox: unshare failed, network not isolated\n")
+            else:  # tell the harness (cwd is the run's directory)
+                os.close(os.open(_NO_NETNS_MARKER, os.O_CREAT | os.O_WRONLY, 0o666))
         for which, value in rlimits:
             resource.setrlimit(which, value)
         if uid is not None:

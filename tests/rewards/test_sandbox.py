@@ -163,3 +163,23 @@ def test_exit_early_is_not_a_pass():
 def test_timeout_is_reported():
     result = run_python("while True:\n    pass", limits=SandboxLimits(wall_s=1.0, cpu_s=5))
     assert result.timed_out and not result.completed
+
+
+@root_only
+def test_socket_modules_import_when_the_network_namespace_isolates():
+    result = run_python("import asyncio, socket, os\nprint(sorted(os.listdir('.')))", limits=LIMITS)
+    assert result.returncode == 0 and result.stdout.strip() == "['main.py']"
+
+
+@root_only
+def test_without_network_namespace_sockets_are_refused(monkeypatch):
+    import megatron_r1.rewards.sandbox as sandbox
+
+    class NoUnshare:
+        unshare = staticmethod(lambda flags: -1)
+        mount = staticmethod(sandbox._libc.mount)
+
+    monkeypatch.setattr(sandbox, "_libc", NoUnshare)
+    result = run_python("import os\nprint(sorted(os.listdir('.')))\nimport socket", limits=LIMITS)
+    assert result.stdout.strip() == "['main.py']"
+    assert result.returncode != 0 and "_socket" in result.stderr
