@@ -67,8 +67,13 @@ def sample_tokens(
             drop_sorted = (sorted_p.cumsum(dim=-1) - sorted_p) >= top_p
             drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
             sample_logp = logprobs.masked_fill(drop, float("-inf"))
-        probs = torch.softmax(sample_logp, dim=-1)
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        # Inverse-CDF sampling: one uniform per row (torch.multinomial draws one exponential per
+        # vocabulary entry, ~10x slower at V=50k). float64 keeps the CDF monotone and exact enough
+        # that tokens outside the nucleus (probability 0) are never hit.
+        cdf = torch.softmax(sample_logp, dim=-1).double().cumsum_(dim=-1)
+        u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype)
+        tokens = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
+        tokens.clamp_(max=cdf.shape[-1] - 1)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
 
 

@@ -1,11 +1,11 @@
-"""A compact plain-torch decoder for the Llama / Qwen2 / SmolLM2 family, used by the native engine.
+"""A compact plain-torch decoder for the Llama / Qwen2 / Qwen3 / SmolLM2 family (native engine).
 
 The module tree mirrors Hugging Face's ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` so that
 ``state_dict()`` names are exactly the HF names (``model.layers.{i}.self_attn.q_proj.weight``, ...;
 ``lm_head.weight`` only when embeddings are untied) and the numerics follow HF (RMSNorm in float32,
 RoPE tables in float32 cast to the activation dtype, ``cat(freqs, freqs)`` rotate-half layout).
 
-Attention always goes through ``scaled_dot_product_attention`` with an explicit boolean mask so
+Attention always goes through ``scaled_dot_product_attention`` with an explicit mask so
 one code path serves the full forward, the prefill of left-padded prompts and single-token decode
 against a preallocated KV cache. Cache slots are shared by all rows of a batch (slot ``s`` holds
 step ``s`` of the left-padded layout); padding is excluded through the key mask while RoPE uses
@@ -58,6 +58,8 @@ class NativeModelConfig:
     """Longest prompt + completion the engine will run."""
     attn_output_bias: bool = False
     """Bias on o_proj too (Llama ``attention_bias=True`` puts biases on q, k, v and o)."""
+    qk_norm: bool = False
+    """Per-head RMSNorm of queries and keys before RoPE (Qwen3: ``self_attn.{q,k}_norm``)."""
     rope_scaling: dict[str, Any] | None = field(default=None)
     """HF rope parameters for ``rope_type`` ``linear`` or ``llama3``; None: plain RoPE."""
 
@@ -80,7 +82,7 @@ class NativeModelConfig:
     def from_hf_config(cls, cfg: dict[str, Any]) -> NativeModelConfig:
         """Read a HF ``config.json`` dict (LlamaConfig / Qwen2Config, transformers 4 or 5 keys)."""
         model_type = cfg.get("model_type", "llama")
-        if model_type not in ("llama", "qwen2", "mistral"):
+        if model_type not in ("llama", "qwen2", "qwen3", "mistral"):
             raise NotImplementedError(f"native model: model_type {model_type!r} is not supported")
         if cfg.get("hidden_act", "silu") != "silu":
             raise NotImplementedError(f"native model: hidden_act {cfg['hidden_act']!r}")
@@ -111,6 +113,7 @@ class NativeModelConfig:
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
             attn_output_bias=model_type != "qwen2" and attention_bias,
+            qk_norm=model_type == "qwen3",
             rope_scaling=rope_scaling,
         )
 
@@ -189,6 +192,11 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(h, config.num_kv_heads * d, bias=config.qkv_bias)
         self.v_proj = nn.Linear(h, config.num_kv_heads * d, bias=config.qkv_bias)
         self.o_proj = nn.Linear(config.num_heads * d, h, bias=config.attn_output_bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(d, config.rms_norm_eps)
+            self.k_norm = RMSNorm(d, config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
 
     def forward(
         self,
@@ -200,10 +208,13 @@ class Attention(nn.Module):
         layer: int,
         start: int,
     ) -> torch.Tensor:
-        """x: ``[B, T, hidden]``; cos/sin: ``[B, 1, T, D]``; mask: ``[B, 1, T, S]`` bool."""
+        """x: ``[B, T, hidden]``; cos/sin: ``[B, 1, T, D]``; mask: ``[B, 1, T, S]`` additive."""
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
@@ -322,12 +333,15 @@ class NativeCausalLM(nn.Module):
         q_slot = torch.arange(cache_start, s, device=device)[:, None]
         k_slot = torch.arange(s, device=device)[None, :]
         causal = k_slot <= q_slot  # [T, S]
-        mask = (key_valid[:, None, :] & causal) | (k_slot == q_slot)
-        mask = mask[:, None]  # [B, 1, T, S]
+        allowed = (key_valid[:, None, :] & causal) | (k_slot == q_slot)
+        x = self.model.embed_tokens(input_ids)
+        # SDPA's CPU kernels turn a boolean mask into an additive one on every call; do it once
+        # here for all layers.
+        mask = torch.zeros(allowed.shape, dtype=x.dtype, device=device)
+        mask = mask.masked_fill_(~allowed, float("-inf"))[:, None]  # [B, 1, T, S]
 
         freqs = position_ids[..., None].float() * self.inv_freq  # [B, T, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, T, D]
-        x = self.model.embed_tokens(input_ids)
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
 
         for i, layer in enumerate(self.model.layers):

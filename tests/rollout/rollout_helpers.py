@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from megatron_r1.rollout.native import NativeEngine
 
 VOCAB = 128
-FAMILIES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+}
 
 
 class CharTokenizer:
@@ -43,6 +54,8 @@ def make_hf_model(family: str, tied: bool, seed: int = 0, **overrides):
                 p.normal_(0.0, 0.15)
             elif name.endswith("bias"):  # Qwen2 q/k/v biases start at zero
                 p.normal_(0.0, 0.1)
+            elif name.endswith("norm.weight"):  # norms start at one
+                p.normal_(1.0, 0.1)
     return model
 
 

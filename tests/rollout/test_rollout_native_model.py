@@ -13,13 +13,14 @@ ATOL = 1e-5
 
 
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
 def test_logits_match_transformers(family: str, tied: bool) -> None:
     hf = make_hf_model(family, tied=tied)
     engine = make_engine(hf)
     names = set(engine.model.state_dict())
     assert ("lm_head.weight" in names) == (not tied)
     assert ("model.layers.0.self_attn.q_proj.bias" in names) == (family == "qwen2")
+    assert ("model.layers.1.self_attn.k_norm.weight" in names) == (family == "qwen3")
     assert names <= set(hf.state_dict())
     ids = torch.randint(0, VOCAB, (3, 19), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -116,3 +117,13 @@ def test_left_padding_matches_unpadded() -> None:
     step = model(nxt, attention_mask=mask, position_ids=positions, cache=cache, cache_start=7)
     torch.testing.assert_close(step[0, -1], model(torch.cat([short, nxt[:1]], 1))[0, -1], atol=ATOL, rtol=0)
     torch.testing.assert_close(step[1, -1], model(torch.cat([long, nxt[1:]], 1))[0, -1], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_attention_bias_on_qkvo_matches_transformers(family: str) -> None:
+    hf = make_hf_model(family, tied=False, attention_bias=True)
+    engine = make_engine(hf)
+    assert "model.layers.0.self_attn.o_proj.bias" in engine.model.state_dict()
+    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(engine.model(ids), hf(ids).logits, atol=ATOL, rtol=0)
