@@ -9,7 +9,10 @@ Every run gets:
   when the parent is root; otherwise the harness refuses ``import socket`` (weaker, best effort,
   and programs importing modules that need sockets, e.g. ``asyncio``, fail);
 - resource limits set before the program starts: CPU seconds, address space, processes (per uid),
-  file size (so flooding stdout ends with SIGXFSZ), open files, no core dumps;
+  file size (so flooding stdout ends with SIGXFSZ), open files, no core dumps; and, where the
+  cgroup-v1 memory / pids hierarchies are writable, a per-run cgroup bounding the memory and the
+  number of processes of the whole run (a fork + allocate loop cannot multiply the address-space
+  limit by the process limit);
 - a scrubbed environment (nothing from the trainer's environment reaches the program);
 - a wall-clock timeout, after which the process group and every process left with the run's uid
   are killed (also after a normal exit, so no daemonised child survives).
@@ -166,7 +169,82 @@ def _uid_of(pid: int, n: int) -> int:
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _make_preexec(uid: int | None, limits: SandboxLimits):
+def _own_cgroup_v1(controller: str) -> str | None:
+    """The cgroup-v1 directory of this process for ``controller`` when mounted, else None."""
+    root = f"/sys/fs/cgroup/{controller}"
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controller in controllers.split(","):
+                    directory = root + path.rstrip("/")
+                    return directory if os.path.isdir(directory) else None
+    except OSError:
+        pass
+    return None
+
+
+class _RunCgroups:
+    """Per-run cgroup-v1 memory and pids groups (total memory and processes of the whole run).
+
+    Best effort: where the hierarchy is missing or read-only, the run goes without (the rlimits
+    still bound each process). Created by the parent; the child joins them in ``preexec``.
+    """
+
+    def __init__(self, name: str, limits: SandboxLimits):
+        self.dirs: list[str] = []
+        settings = {
+            "memory": {"memory.limit_in_bytes": limits.memory_bytes},
+            "pids": {"pids.max": limits.max_processes},
+        }
+        for controller, values in settings.items():
+            parent = _own_cgroup_v1(controller)
+            if parent is None:
+                continue
+            directory = os.path.join(parent, name)
+            try:
+                os.mkdir(directory)
+            except OSError:
+                continue
+            try:
+                for key, value in values.items():
+                    with open(os.path.join(directory, key), "w") as f:
+                        f.write(str(value))
+            except OSError:
+                self._remove(directory)
+                continue
+            self.dirs.append(directory)
+        self.procs_files = [os.path.join(d, "cgroup.procs").encode() for d in self.dirs]
+
+    @staticmethod
+    def _remove(directory: str) -> bool:
+        for _ in range(50):
+            try:
+                os.rmdir(directory)
+                return True
+            except FileNotFoundError:
+                return True
+            except OSError:
+                time.sleep(0.01)  # exiting tasks leave the group asynchronously
+        logger.warning("could not remove sandbox cgroup %s", directory)
+        return False
+
+    def join(self) -> None:
+        """Move the calling process into the groups (in the child, before exec)."""
+        pid = str(os.getpid()).encode()
+        for path in self.procs_files:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
+
+    def remove(self) -> None:
+        for directory in self.dirs:
+            self._remove(directory)
+
+
+def _make_preexec(uid: int | None, limits: SandboxLimits, cgroups: _RunCgroups | None):
     """The function run in the child between fork and exec (order matters: namespaces and mounts
     need root, so they come before the privilege drop; limits are set before exec)."""
     import resource
@@ -182,6 +260,8 @@ def _make_preexec(uid: int | None, limits: SandboxLimits):
     unshare, mount = _libc.unshare, _libc.mount
 
     def preexec() -> None:
+        if cgroups is not None:
+            cgroups.join()
         if uid is None:  # not root: no namespaces
             os.close(os.open(_NO_NETNS_MARKER, os.O_CREAT | os.O_WRONLY, 0o666))
         else:
@@ -264,6 +344,11 @@ def kill_runs_of(pid: int) -> None:
             _sweep_uid(uid)
     for path in glob.glob(os.path.join(tempfile.gettempdir(), f"mr1-sandbox-{pid}-*")):
         shutil.rmtree(path, ignore_errors=True)
+    for controller in ("memory", "pids"):
+        parent = _own_cgroup_v1(controller)
+        for uid in uids if parent else ():
+            for directory in glob.glob(os.path.join(parent, f"mr1-sandbox-{uid}-*")):
+                _RunCgroups._remove(directory)
 
 
 def _kill_everything(proc: subprocess.Popen, uid: int | None) -> None:
@@ -341,6 +426,7 @@ def run_python(
     work = os.path.join(base, "work")
     os.mkdir(work, 0o700)
     start = time.monotonic()
+    cgroups = _RunCgroups(f"mr1-sandbox-{uid}-{nonce[:8]}", limits) if isolate else None
     try:
         with open(os.path.join(work, "main.py"), "w", encoding="utf-8") as f:
             f.write(source)
@@ -381,7 +467,7 @@ def run_python(
                 cwd=work,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_make_preexec(uid, limits),  # noqa: PLW1509 (the sandbox needs it)
+                preexec_fn=_make_preexec(uid, limits, cgroups),  # noqa: PLW1509 (the sandbox needs it)
             )
         finally:
             for f in files.values():
@@ -404,3 +490,5 @@ def run_python(
         )
     finally:
         shutil.rmtree(base, ignore_errors=True)
+        if cgroups is not None:
+            cgroups.remove()

@@ -183,3 +183,28 @@ def test_without_network_namespace_sockets_are_refused(monkeypatch):
     result = run_python("import os\nprint(sorted(os.listdir('.')))\nimport socket", limits=LIMITS)
     assert result.stdout.strip() == "['main.py']"
     assert result.returncode != 0 and "_socket" in result.stderr
+
+
+@root_only
+def test_memory_is_bounded_for_the_whole_run():
+    from megatron_r1.rewards.sandbox import _own_cgroup_v1
+
+    if _own_cgroup_v1("memory") is None:
+        pytest.skip("no cgroup-v1 memory hierarchy")
+    program = (
+        "import os\n"
+        "pids = []\n"
+        "for _ in range(6):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        block = b'x' * (300 << 20)\n"
+        "        import time; time.sleep(0.5)\n"
+        "        os._exit(0)\n"
+        "    pids.append(pid)\n"
+        "ok = all(os.waitpid(p, 0)[1] == 0 for p in pids)\n"
+        "print('ok' if ok else 'killed')"
+    )
+    reward, _ = _score(program)  # 6 × 300 MB > the run's 512 MB, though each is under RLIMIT_AS
+    assert reward == 0.0
+    leftovers = [d for c in ("memory", "pids") for d in os.listdir(_own_cgroup_v1(c) or "/nonexistent")]
+    assert not [d for d in leftovers if d.startswith("mr1-sandbox-")]
