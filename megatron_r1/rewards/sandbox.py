@@ -18,8 +18,11 @@ Every run gets:
   are killed (also after a normal exit, so no daemonised child survives).
 
 The program is executed by a small trusted harness (``_HARNESS``) inside the sandbox. Test verdicts
-come back through a result file carrying a per-run random nonce that the program never sees, so an
-early ``os._exit(0)`` or a forged "passed" line on stdout cannot count as passing.
+come back through a result file carrying a per-run random nonce that the program is not given, so an
+early ``os._exit(0)``, a ``sys.exit(0)`` or a forged "passed" line on stdout cannot count as passing.
+Limit of the design: tests that run in the program's own process (HumanEval ``check``, asserts) can
+be subverted by a program that deliberately introspects the harness (as with HumanEval's own
+harness); stdin/stdout tests are compared by the parent and cannot.
 """
 
 from __future__ import annotations
