@@ -11,7 +11,9 @@ tagged python), else the text after ``</think>`` (or the whole text). Three row 
 - asserts (MBPP style): ``tests`` = ``["assert f(1) == 2", ...]``.
 
 The reward is the fraction of tests passed, or 1.0/0.0 all-or-nothing when ``row["all_or_nothing"]``
-is true or with the ``code_strict`` reward. Every run goes through :mod:`megatron_r1.rewards.sandbox`
+is true or with the ``code_strict`` reward. stdin/stdout tests run one sandbox each, in order; the
+first time-out fails the remaining tests without running them, so an item costs at most one wall
+limit of waiting (keep the batch scorer's ``timeout_s`` above it). Every run goes through :mod:`megatron_r1.rewards.sandbox`
 whatever the batch scorer does (the scorer's workers are no sandbox).
 """
 
@@ -88,8 +90,8 @@ def score_code(completion: str, row: dict, config: CodeRewardConfig = CodeReward
                 and _normalise_output(result.stdout) == _normalise_output(str(case["output"]))
             )
             passed += ok
-            if strict and not ok:
-                return 0.0
+            if (strict and not ok) or result.timed_out:
+                break  # after a time-out the rest would most likely time out too: fail them fast
     if strict:
         return 1.0 if passed == len(tests) else 0.0
     return passed / len(tests)

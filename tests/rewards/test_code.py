@@ -66,3 +66,19 @@ def test_humaneval_reference_solutions_pass_and_empty_bodies_fail():
         results = list(pool.map(both, problems))
     assert [task for task, ref, _ in results if ref != 1.0] == []
     assert [task for task, _, empty in results if empty != 0.0] == []
+
+
+def test_first_timeout_fails_the_remaining_tests(monkeypatch):
+    import megatron_r1.rewards.code as code_module
+
+    calls, real = [], code_module.run_python
+
+    def counting_run_python(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(code_module, "run_python", counting_run_python)
+    program = "```python\nimport time\ntime.sleep(30)\n```"
+    row = {"tests": [{"input": str(i), "output": ""} for i in range(5)], "timeout_s": 1}
+    assert get("code")(program, row) == 0.0
+    assert len(calls) == 1
