@@ -13,8 +13,8 @@ tagged python), else the text after ``</think>`` (or the whole text). Three row 
 The reward is the fraction of tests passed, or 1.0/0.0 all-or-nothing when ``row["all_or_nothing"]``
 is true or with the ``code_strict`` reward. stdin/stdout tests run one sandbox each, in order; the
 first time-out fails the remaining tests without running them, so an item costs at most one wall
-limit of waiting (keep the batch scorer's ``timeout_s`` above it). Every run goes through :mod:`megatron_r1.rewards.sandbox`
-whatever the batch scorer does (the scorer's workers are no sandbox).
+limit of waiting (keep the batch scorer's ``timeout_s`` above it). Every run goes through
+:mod:`megatron_r1.rewards.sandbox` whatever the batch scorer does (its workers are no sandbox).
 """
 
 from __future__ import annotations
