@@ -1,5 +1,6 @@
 """Fused token log-probs kernel vs the torch reference (Triton interpreter on CPU)."""
 
+import os
 import subprocess
 import sys
 
@@ -188,3 +189,19 @@ def test_torch_compile_fullgraph():
 def test_import_does_not_import_triton():
     code = "import sys, megatron_r1.kernels; assert 'triton' not in sys.modules, 'triton imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cpu_kernel_runs_when_triton_was_imported_without_interpreter():
+    """Another test directory may import Triton (e.g. via megatron.core) before this conftest
+    sets TRITON_INTERPRET; CPU launches must still run in the interpreter."""
+    code = (
+        "import os, torch, triton.language\n"
+        "from megatron_r1.kernels import token_logprobs, token_logprobs_reference, grpo_loss\n"
+        "x = torch.randn(3, 70); y = torch.tensor([0, 69, 5])\n"
+        "torch.testing.assert_close(token_logprobs(x, y, impl='triton'),"
+        " token_logprobs_reference(x, y))\n"
+        "grpo_loss(torch.randn(2, 3), torch.randn(2, 3), torch.randn(2), torch.ones(2, 3),"
+        " impl='triton')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
