@@ -3,7 +3,7 @@
 A prompt is ``"47+38="``; a solution is ``<think>`` + the column-by-column trace + ``</think>`` +
 ``<answer>85</answer>``. The rule-based rewards check the answer exactly and the format.
 
-The warm-up data can carry a *systematic* error: with probability ``carry_noise`` a trace forgets one carry
+The warm-up data can carry a *systematic* error: with probability ``carry_noise`` a trace forgets every carry
 (and its answer is wrong accordingly). A model warmed up on it is a base that is "sometimes right" — the
 starting point R1-Zero assumes — and GRPO with the exact-answer reward has to find out which habit pays.
 """
@@ -20,8 +20,8 @@ def make_problem(rng: random.Random, digits: int) -> dict:
     return {"prompt": f"{a}+{b}=", "answer": str(a + b), "a": a, "b": b, "source": "arithmetic"}
 
 
-def solution(a: int, b: int, drop_carry_at: int | None = None) -> str:
-    """The worked trace and answer for ``a + b``; ``drop_carry_at`` forgets the carry out of that column."""
+def solution(a: int, b: int, forget_carries: bool = False) -> str:
+    """The worked trace and answer for ``a + b``; ``forget_carries`` writes the habit of never carrying."""
     da, db = str(a)[::-1], str(b)[::-1]
     carry, steps, out = 0, [], []
     for i in range(max(len(da), len(db))):
@@ -30,7 +30,7 @@ def solution(a: int, b: int, drop_carry_at: int | None = None) -> str:
         s = x + y + carry
         steps.append(f"{x}+{y}+{carry}={s}")
         out.append(str(s % 10))
-        carry = 0 if i == drop_carry_at else s // 10
+        carry = 0 if forget_carries else s // 10
     if carry:
         out.append(str(carry))
     answer = str(int("".join(reversed(out))))
@@ -38,10 +38,9 @@ def solution(a: int, b: int, drop_carry_at: int | None = None) -> str:
 
 
 def warmup_example(rng: random.Random, digits: int, carry_noise: float) -> tuple[str, str]:
-    """(prompt, completion) for the supervised warm-up; a share ``carry_noise`` forgets a carry."""
+    """(prompt, completion) for the supervised warm-up; a share ``carry_noise`` forgets the carries."""
     row = make_problem(rng, digits)
-    drop = rng.randrange(digits) if rng.random() < carry_noise else None
-    return row["prompt"], solution(row["a"], row["b"], drop)
+    return row["prompt"], solution(row["a"], row["b"], rng.random() < carry_noise)
 
 
 def problems(seed: int, count: int, digits: int) -> list[dict]:

@@ -9,14 +9,7 @@ from dataclasses import dataclass
 
 from megatron_r1.config import Config, ConfigError
 from megatron_r1.data import arithmetic
-
-R1_ZERO_TEMPLATE = (
-    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
-    "The assistant first thinks about the reasoning process in the mind and then provides the user with "
-    "the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> "
-    "</answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here "
-    "</answer>. User: {prompt}. Assistant:"
-)
+from megatron_r1.data.templates import render_prompt
 
 
 @dataclass
@@ -31,16 +24,14 @@ class PromptSource:
 
 def _template(cfg: Config, tokenizer) -> Callable[[dict], list[int]]:
     name = cfg.data.template
-    if name == "plain":
-        return lambda row: tokenizer.encode(row["prompt"])
-    if name == "r1_zero":
-        return lambda row: tokenizer.encode(R1_ZERO_TEMPLATE.format(prompt=row["prompt"]))
 
-    def chat(row: dict) -> list[int]:
-        messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
-        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    def encode(row: dict) -> list[int]:
+        text = render_prompt(row, name, tokenizer)
+        if name == "chat":  # the chat template already holds the special tokens it needs
+            return list(tokenizer.encode(text, add_special_tokens=False))
+        return list(tokenizer.encode(text))
 
-    return chat
+    return encode
 
 
 def _from_pool(pool: list[dict], seed: int) -> Callable[[int, int], list[dict]]:
@@ -68,13 +59,13 @@ def build_prompt_source(cfg: Config, tokenizer) -> PromptSource:
 
         return PromptSource(rows, held_out, _template(cfg, tokenizer))
     if d.source == "jsonl":
-        from megatron_r1.data.jsonl import load_jsonl
+        from megatron_r1.data.jsonl import read_jsonl
 
-        pool = load_jsonl(d.path)
+        pool = read_jsonl(d.path)
     elif d.source == "reasoning_gym":
-        from megatron_r1.data.reasoning_gym import generate_rows
+        from megatron_r1.data.sources import reasoning_gym_rows
 
-        pool = generate_rows(d.task, size=max(1000, d.eval_size * 10), seed=seed)
+        pool = reasoning_gym_rows(d.task, size=max(1000, d.eval_size * 10), seed=seed)
     else:
         raise ConfigError(f"data.source={d.source!r} is not supported")
     encode = _template(cfg, tokenizer)

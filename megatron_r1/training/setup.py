@@ -95,7 +95,7 @@ def build_components(cfg: Config) -> Components:
     if cfg.model.hf_path:
         from megatron_r1.convert.checkpoint import load_hf_weights
 
-        load_hf_weights(model, cfg.model.hf_path, cfg.model, state)
+        load_hf_weights(model, cfg.model.hf_path, cfg.model)
     optimizer = build_optimizer(model, cfg.train, state, cfg.parallel.distributed_optimizer)
     policy = Policy(getattr(optimizer, "model", model), state, cfg.train.logprob_impl)
 

@@ -38,7 +38,7 @@ def sft_step(c: Components, batch: dict[str, torch.Tensor], lr: float) -> dict[s
     return {"sft/loss": sum(float(o["loss"]) for o in outs), "sft/grad_norm": grad_norm}
 
 
-def arithmetic_warmup(c: Components, steps: int, carry_noise: float = 0.5) -> list[dict[str, float]]:
+def arithmetic_warmup(c: Components, steps: int) -> list[dict[str, float]]:
     """The demo's base model: SFT on worked additions, a share of which forget a carry."""
     from megatron_r1.data.arithmetic import warmup_example
 
@@ -49,7 +49,7 @@ def arithmetic_warmup(c: Components, steps: int, carry_noise: float = 0.5) -> li
     for step in range(steps):
         pairs = []
         for _ in range(t.sft_batch_size):
-            prompt, completion = warmup_example(rng, c.cfg.data.digits, carry_noise)
+            prompt, completion = warmup_example(rng, c.cfg.data.digits, c.cfg.data.carry_noise)
             pairs.append((c.tokenizer.encode(prompt), c.tokenizer.encode(completion) + eos))
         lr = lr_at(step, t.__class__(lr=t.sft_lr, warmup_steps=10, lr_schedule="constant"), steps)
         history.append(sft_step(c, sft_batch(pairs, c.tokenizer.pad_token_id), lr))

@@ -1,0 +1,74 @@
+"""Configuration: YAML + overrides, typed coercion, unknown keys with suggestions, validation."""
+
+import pytest
+
+from megatron_r1.config import Config, ConfigError, load_config, parse_override, validate
+
+
+def test_defaults_are_the_demo_and_valid():
+    cfg = load_config()
+    assert cfg.model.preset == "tiny" and cfg.data.source == "arithmetic"
+    validate(cfg, world_size=1)
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 3.0e-6\n  steps: 5\nalgorithm:\n  kl_coef: 0.001\n")
+    cfg = load_config(path, ["train.steps=7", "reward.weights={math: 1.0, format: 1.0}"])
+    assert cfg.train.lr == 3e-6 and cfg.train.steps == 7 and cfg.algorithm.kl_coef == 0.001
+    assert cfg.reward.weights == {"math": 1.0, "format": 1.0}
+
+
+def test_int_is_accepted_for_float_and_types_are_checked():
+    assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+    with pytest.raises(ConfigError, match=r"train\.steps: expected int"):
+        load_config(None, ["train.steps=abc"])
+
+
+def test_unknown_key_suggests_nearest():
+    with pytest.raises(ConfigError, match=r"unknown key 'stpes'.*did you mean 'steps'"):
+        load_config(None, ["train.stpes=3"])
+    with pytest.raises(ConfigError, match=r"unknown section 'trian'.*'train'"):
+        load_config(None, ["trian.steps=3"])
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  steps: 3\n  lr: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:\d+: invalid YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["parallel.tensor_parallel=3"], "tensor_parallel=3 must divide model.num_attention_heads"),
+        (["model.num_query_groups=3"], "num_query_groups=3 must divide"),
+        (["parallel.pipeline_parallel=4", "model.num_layers=2"], "pipeline_parallel=4 must divide"),
+        (["algorithm.loss_agg=sum"], "expected one of token-mean"),
+        (["rollout.temperature=0"], "temperature must be > 0"),
+    ],
+)
+def test_impossible_settings_fail_early(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_world_size_must_divide():
+    cfg = Config()
+    cfg.parallel.tensor_parallel = 2
+    with pytest.raises(ConfigError, match="world size 3 is not divisible"):
+        validate(cfg, world_size=3)
+
+
+def test_parse_override_rejects_malformed():
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        parse_override("steps=3")
+
+
+def test_float_fields_accept_exponent_notation_and_reject_junk():
+    assert load_config(None, ["train.lr=1e-3"]).train.lr == 1e-3
+    with pytest.raises(ConfigError, match=r"train\.lr: expected float"):
+        load_config(None, ["train.lr=fast"])
