@@ -45,7 +45,11 @@ def _combine_stats(
     target: torch.Tensor,
     group: dist.ProcessGroup | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Per-rank row statistics [N] -> global (logprobs, lse, entropy) [N], all float32."""
+    """Per-rank row statistics [N] -> global (logprobs, lse, entropy) [N], all float32.
+
+    The rank holding the row maximum adds exp(0) = 1 to the sum, so log(sum) >= 0 and
+    lse >= max >= target: log-probs are <= 0 and the entropy >= 0 by construction (verl#2656).
+    """
     if group is not None:
         global_max = row_max.clone()
         dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=group)
