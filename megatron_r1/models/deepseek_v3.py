@@ -1,15 +1,42 @@
 """DeepSeek-V3 family: multi-head latent attention (MLA, YaRN RoPE) and DeepSeekMoE (sigmoid router with
 aux-loss-free expert bias, group-limited routing, a shared expert, the first k layers dense).
 
-Built on ``MLATransformerConfig``. The local MLA spec's core attention is given the ``k_channels`` /
-``v_channels`` it does not accept on CPU; :mod:`megatron_r1.parallel.cpu` patches that.
+Built on ``MLATransformerConfig``. The local MLA spec builds Megatron's local ``DotProductAttention`` with
+``k_channels`` / ``v_channels`` keywords it does not accept (and sizes its output by ``kv_channels``); on the
+local spec the core attention is :class:`MLADotProductAttention`, which takes them.
 """
 
 from __future__ import annotations
 
 from megatron_r1.config import ModelConfig, ParallelConfig
 from megatron_r1.models import Family, register_family
+from megatron_r1.models.dense import have_transformer_engine
 from megatron_r1.models.moe import moe_config_kwargs, moe_layer_spec
+
+
+def _mla_dot_product_attention():
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+    class MLADotProductAttention(DotProductAttention):
+        """Local DotProductAttention for MLA: query/key heads of ``k_channels``, value heads of
+        ``v_channels`` (the forward already handles unequal head sizes; only the output width differs)."""
+
+        def __init__(self, *args, k_channels: int | None = None, v_channels: int | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            if v_channels is not None:
+                self.hidden_size_per_partition = v_channels * self.num_attention_heads_per_partition
+
+    return MLADotProductAttention
+
+
+def deepseek_v3_layer_spec(tcfg):
+    """The MoE block spec; on the local spec, MLA's core attention is :class:`MLADotProductAttention`."""
+    spec = moe_layer_spec(tcfg)
+    if not have_transformer_engine():
+        core = _mla_dot_product_attention()
+        for layer in spec.layer_specs:
+            layer.submodules.self_attention.submodules.core_attention = core
+    return spec
 
 
 def deepseek_v3_transformer_config(cfg: ModelConfig, parallel: ParallelConfig):
@@ -44,6 +71,8 @@ def deepseek_v3_from_hf_config(hf: dict) -> dict:
     base = dense_fields(hf)
     fields = base | {
         "multi_latent_attention": True,
+        "qk_layernorm": True,  # the q_a / kv_a RMSNorms of the latent projections
+        "num_query_groups": hf["num_attention_heads"],  # MLA keys/values have every head
         "q_lora_rank": hf.get("q_lora_rank"),
         "kv_lora_rank": hf["kv_lora_rank"],
         "qk_head_dim": hf["qk_nope_head_dim"],
@@ -85,7 +114,7 @@ register_family(
     Family(
         "deepseek_v3",
         deepseek_v3_transformer_config,
-        moe_layer_spec,
+        deepseek_v3_layer_spec,
         deepseek_v3_from_hf_config,
         ("DeepseekV3ForCausalLM",),
     )

@@ -73,7 +73,7 @@ def qwen3_moe_from_hf_config(hf: dict) -> dict:
     return dense_from_hf_config(hf) | {
         "qk_layernorm": True,
         "add_qkv_bias": bool(hf.get("attention_bias", False)),
-        "num_experts": hf["num_experts"],
+        "num_experts": hf.get("num_experts") or hf["num_local_experts"],
         "moe_router_topk": hf["num_experts_per_tok"],
         "moe_ffn_hidden_size": hf["moe_intermediate_size"],
         "moe_router_score_function": "softmax",

@@ -119,7 +119,27 @@ def apply_cpu_patches() -> None:
     import megatron.core.pipeline_parallel.schedules as schedules
 
     schedules.torch = _CpuTorchProxy()
+    _apply_moe_mla_patches()
     _APPLIED = True
+
+
+def _apply_moe_mla_patches() -> None:
+    """Patches for the MoE and MLA layers (Qwen3-MoE, DeepSeek-V3) on CPU."""
+    import megatron.core.transformer.moe.moe_utils as moe_utils
+
+    # moe_utils.RouterGatingLinearFunction.forward: tests ``te_general_gemm is not None`` but the name is
+    # only bound when Transformer Engine imports (0.16.x); bind it to None so the torch.mm path runs.
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
+    # MLASelfAttention.__init__: with Transformer Engine absent, ``HAVE_TE`` is still True (the TE extension
+    # module imports, binding ``TELinear`` to a MagicMock) and ``isinstance(linear_proj, TELinear)`` raises;
+    # TE really is absent on CPU, so say so.
+    import megatron.core.transformer.multi_latent_attention as mla
+
+    try:
+        import transformer_engine  # noqa: F401
+    except ImportError:
+        mla.HAVE_TE = False
 
 
 def seed_cpu_rng_tracker(seed: int, tp_rank: int) -> None:

@@ -42,7 +42,19 @@ def make_hf_model(kind: str, out_dir: Path, tied: bool = False, seed: int = 0) -
             tie_word_embeddings=tied,
         )
         model = tf.Qwen3MoeForCausalLM(config)
-    elif kind == "deepseek_v3":
+    elif kind in ("deepseek_v3", "deepseek_v3_yarn"):
+        rope = {"rope_type": "default", "rope_theta": 10000.0}
+        if kind == "deepseek_v3_yarn":
+            rope = {
+                "rope_type": "yarn",
+                "rope_theta": 10000.0,
+                "factor": 4.0,
+                "original_max_position_embeddings": 16,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "mscale": 1.0,
+                "mscale_all_dim": 1.0,
+            }
         config = tf.DeepseekV3Config(
             **(TINY | {"num_key_value_heads": 4}),
             moe_intermediate_size=32,
@@ -57,6 +69,7 @@ def make_hf_model(kind: str, out_dir: Path, tied: bool = False, seed: int = 0) -
             qk_nope_head_dim=16,
             qk_rope_head_dim=8,
             v_head_dim=16,
+            rope_parameters=rope,
             tie_word_embeddings=tied,
         )
         model = tf.DeepseekV3ForCausalLM(config)
