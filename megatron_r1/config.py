@@ -169,8 +169,8 @@ class RewardConfig:
     """The reward that defines correctness for eval/accuracy."""
     num_workers: int = 0
     """Worker processes of the batch scorer (0 = in process)."""
-    timeout_s: float = 10.0
-    """Per-completion scoring timeout."""
+    timeout_s: float = 30.0
+    """Per-completion scoring timeout (above the code sandbox's own 10 s wall limit)."""
 
 
 @dataclass

@@ -1,12 +1,10 @@
-"""Assembling rollouts into training tensors and scoring them (pure functions)."""
+"""Assembling rollouts into training tensors (pure functions)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-
-from megatron_r1 import rewards
 
 
 def build_batch(
@@ -35,13 +33,3 @@ def build_batch(
         if n:
             sampler[i, start : start + n] = torch.tensor(c.logprobs, dtype=torch.float32)
     return {"tokens": tokens, "response_mask": mask, "sampler_logprobs": sampler}
-
-
-def score(texts: Sequence[str], rows: Sequence[dict], weights: dict[str, float]) -> dict[str, torch.Tensor]:
-    """Weighted sum of the named rewards per completion, plus each component: {"total": [N], name: [N]}."""
-    parts = {
-        name: torch.tensor([rewards.get(name)(t, r) for t, r in zip(texts, rows)], dtype=torch.float32)
-        for name in weights
-    }
-    parts["total"] = sum(w * parts[name] for name, w in weights.items())
-    return parts

@@ -15,10 +15,9 @@ import torch
 import torch.distributed as dist
 
 from megatron_r1.algorithms import aggregate_loss, clipped_surrogate, compute_advantages, kl_k3
-from megatron_r1.rewards.basic import extract_answer_tag  # noqa: F401  (registers the basic rewards)
 from megatron_r1.rollout.engine import SamplingParams
 from megatron_r1.rollout.reshard import hf_weight_buckets
-from megatron_r1.training.batch import build_batch, score
+from megatron_r1.training.batch import build_batch
 from megatron_r1.training.metrics import PhaseTimer
 from megatron_r1.training.optim import lr_at
 from megatron_r1.training.setup import Components
@@ -148,9 +147,12 @@ def grpo_step(c: Components, step: int, total_steps: int, timer: PhaseTimer) -> 
         prompt_ids, completions = rollout(c, step, rows)
         c.engine.sleep()
     with timer.phase("reward"):
-        texts = [comp.text for comp in completions]
-        scores = score(texts, [rows[i // G] for i in range(len(texts))], cfg.reward.weights)
-        rewards = scores["total"]
+        result = c.scorer.score(
+            [comp.text for comp in completions],
+            [rows[i // G] for i in range(len(completions))],
+            lengths=[len(comp.token_ids) for comp in completions],
+        )
+        rewards = result.total_tensor()
         advantages, zero_std = compute_advantages(cfg.algorithm.advantage, rewards, G)
     with timer.phase("train"):
         batch = build_batch(prompt_ids, completions, G, c.tokenizer.pad_token_id)
@@ -164,7 +166,7 @@ def grpo_step(c: Components, step: int, total_steps: int, timer: PhaseTimer) -> 
         sync_weights(c)
 
     lengths = torch.tensor([len(comp.token_ids) for comp in completions], dtype=torch.float64)
-    acc = scores.get(cfg.reward.accuracy, rewards)
+    acc = torch.tensor(result.components.get(cfg.reward.accuracy, result.total), dtype=torch.float64)
     sums = _dp_sum(
         [
             rewards.sum().item(),
@@ -174,6 +176,7 @@ def grpo_step(c: Components, step: int, total_steps: int, timer: PhaseTimer) -> 
             float(len(completions)),
             float(zero_std.sum()),
             float(zero_std.numel()),
+            float(result.timeouts + result.crashes + result.errors),
         ],
         c,
     )
@@ -192,8 +195,10 @@ def grpo_step(c: Components, step: int, total_steps: int, timer: PhaseTimer) -> 
         "zero_std_fraction": sums[5] / max(sums[6], 1.0),
         "lr": lr_at(step, cfg.train, total_steps),
     }
-    for name in cfg.reward.weights:
-        metrics[f"reward/{name}"] = _dp_sum([scores[name].sum().item()], c)[0] / n
+    metrics["reward/failures"] = sums[7]
+    names = sorted(result.components)
+    for name, total in zip(names, _dp_sum([sum(result.components[k]) for k in names], c)):
+        metrics[f"reward/{name}"] = total / n
     return metrics | train_metrics
 
 
@@ -213,10 +218,8 @@ def evaluate(c: Components) -> float:
     c.engine.wake_up()
     completions = c.engine.generate([c.prompts.encode(r) for r in rows], sampling) if rows else []
     c.engine.sleep()
-    correct = score(
-        [comp.text for comp in completions],
-        [rows[i // e.samples] for i in range(len(completions))],
-        {c.cfg.reward.accuracy: 1.0},
-    )["total"]
-    total, count = _dp_sum([correct.sum().item(), float(len(completions))], c)
+    correct = c.eval_scorer.score(
+        [comp.text for comp in completions], [rows[i // e.samples] for i in range(len(completions))]
+    ).total
+    total, count = _dp_sum([sum(correct), float(len(completions))], c)
     return total / max(count, 1.0)

@@ -12,6 +12,7 @@ import torch
 
 from megatron_r1.config import Config, ConfigError
 from megatron_r1.parallel import ParallelState, init_distributed
+from megatron_r1.rewards.scorer import RewardScorer
 from megatron_r1.training.optim import build_optimizer
 from megatron_r1.training.policy import Policy
 from megatron_r1.training.prompts import PromptSource, build_prompt_source
@@ -29,6 +30,8 @@ class Components:
     optimizer: Any
     engine: Any
     prompts: PromptSource
+    scorer: Any
+    eval_scorer: Any
     to_hf: Any
 
 
@@ -124,6 +127,12 @@ def build_components(cfg: Config) -> Components:
         )
     adapter = get_adapter(cfg.model.preset)
     prompts = build_prompt_source(cfg, tokenizer)
+    r = cfg.reward
+    overlong = (
+        (cfg.rollout.max_new_tokens, cfg.algorithm.overlong_buffer) if cfg.algorithm.overlong_buffer else None
+    )
+    scorer = RewardScorer(r.weights, r.num_workers, r.timeout_s, overlong=overlong)
+    eval_scorer = RewardScorer({r.accuracy: 1.0}, r.num_workers, r.timeout_s)
     return Components(
         cfg=cfg,
         state=state,
@@ -133,5 +142,7 @@ def build_components(cfg: Config) -> Components:
         optimizer=optimizer,
         engine=engine,
         prompts=prompts,
+        scorer=scorer,
+        eval_scorer=eval_scorer,
         to_hf=lambda name, tensor: adapter.to_hf(name, tensor, cfg.model),
     )

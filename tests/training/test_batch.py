@@ -3,7 +3,7 @@
 import torch
 
 from megatron_r1.rollout.engine import Completion
-from megatron_r1.training.batch import build_batch, score
+from megatron_r1.training.batch import build_batch
 from megatron_r1.training.sft import sft_batch
 
 
@@ -32,12 +32,3 @@ def test_sft_batch_masks_only_the_completion():
     labels = b["tokens"][:, 1:]
     assert labels[0][b["loss_mask"][0].bool()].tolist() == [3, 4, 5]
     assert labels[1][b["loss_mask"][1].bool()].tolist() == [7]
-
-
-def test_score_weights_rewards():
-    texts = ["<think>x</think><answer>5</answer>", "<answer>5</answer>", "<think>y</think><answer>4</answer>"]
-    rows = [{"answer": "5"}] * 3
-    s = score(texts, rows, {"exact": 1.0, "format": 0.5})
-    assert s["exact"].tolist() == [1.0, 1.0, 0.0]
-    assert s["format"].tolist() == [1.0, 0.0, 1.0]
-    assert s["total"].tolist() == [1.5, 1.0, 0.5]
