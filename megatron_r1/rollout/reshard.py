@@ -1,9 +1,10 @@
 """Weight sync: Megatron shards (TP × PP) → full, Hugging Face-named tensors for the rollout engine.
 
 Every rank takes part: TP shards are all-gathered inside the TP group (the fused gate/up projection
-is gathered per half, since each rank holds ``[gate_r; up_r]``); each pipeline stage broadcasts its layers to the other
-stages. Tensors stream out one at a time and are grouped into buckets of bounded size, so the engine can load
-them while the next bucket is being gathered and nothing holds a second copy of the whole model.
+is gathered per half, since each rank holds ``[gate_r; up_r]``); each pipeline stage broadcasts its
+layers to the other stages. Tensors stream out one at a time and are grouped into buckets of bounded
+size, so the engine can load them while the next bucket is being gathered and nothing holds a second
+copy of the whole model.
 """
 
 from __future__ import annotations
