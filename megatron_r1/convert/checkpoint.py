@@ -161,7 +161,7 @@ def load_hf_weights(model: torch.nn.Module, hf_dir: str | Path, cfg: ModelConfig
     params = model_tensors(model)
     loaded: set[str] = set()
     with torch.no_grad():
-        for name, full in adapter.from_hf(iter_hf_tensors(hf_dir), cfg):
+        for name, full in _with_tied_head(adapter.from_hf(iter_hf_tensors(hf_dir), cfg), cfg, params):
             param = params.get(name)
             if param is None:
                 if _owned_elsewhere(model, name):
@@ -179,6 +179,19 @@ def load_hf_weights(model: torch.nn.Module, hf_dir: str | Path, cfg: ModelConfig
     missing = sorted(set(params) - loaded)
     if missing:
         raise ConversionError(f"model tensors missing from {hf_dir}: {', '.join(missing[:8])}")
+
+
+def _with_tied_head(named: Iterator[tuple[str, torch.Tensor]], cfg: ModelConfig, params: dict) -> Iterator:
+    """With tied embeddings and pipeline parallelism the last stage holds its own copy of the embedding as
+    ``output_layer.weight``; feed it the embedding."""
+    for name, tensor in named:
+        yield name, tensor
+        if (
+            name == "embedding.word_embeddings.weight"
+            and cfg.tie_word_embeddings
+            and "output_layer.weight" in params
+        ):
+            yield "output_layer.weight", tensor
 
 
 def _owned_elsewhere(model: torch.nn.Module, name: str) -> bool:

@@ -119,12 +119,36 @@ def apply_cpu_patches() -> None:
     import megatron.core.pipeline_parallel.schedules as schedules
 
     schedules.torch = _CpuTorchProxy()
-    _apply_moe_mla_patches()
+    _apply_model_patches()
     _APPLIED = True
 
 
-def _apply_moe_mla_patches() -> None:
-    """Patches for the MoE and MLA layers (Qwen3-MoE, DeepSeek-V3) on CPU."""
+@contextlib.contextmanager
+def _tensor_cuda_is_identity():
+    original = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = original
+
+
+def _apply_model_patches() -> None:
+    """Patches for tied embeddings under pipeline parallelism and the MoE / MLA layers (Qwen3-MoE,
+    DeepSeek-V3) on CPU."""
+    from megatron.core.models.common.language_module.language_module import LanguageModule
+
+    # LanguageModule.setup_embeddings_and_output_layer: with PP > 1 and tied embeddings it moves the
+    # shared embedding to CUDA (``weight.data.cuda()``) before all-reducing it over the embedding group;
+    # run it with ``Tensor.cuda`` as the identity (only for the duration of that call).
+    setup = LanguageModule.setup_embeddings_and_output_layer
+
+    @functools.wraps(setup)
+    def setup_on_cpu(self, *args, **kwargs):
+        with _tensor_cuda_is_identity():
+            return setup(self, *args, **kwargs)
+
+    LanguageModule.setup_embeddings_and_output_layer = setup_on_cpu
     import megatron.core.transformer.moe.moe_utils as moe_utils
 
     # moe_utils.RouterGatingLinearFunction.forward: tests ``te_general_gemm is not None`` but the name is

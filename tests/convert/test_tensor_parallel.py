@@ -1,5 +1,6 @@
-"""A converted checkpoint loads under a different tensor-parallel layout (2 gloo processes, TP = 2) and gives
-the TP = 1 logits; HF weights stream straight into a TP = 2 model with the same result."""
+"""A converted checkpoint loads under other layouts (2 gloo processes): TP = 2 gives the TP = 1 logits, and
+HF weights stream straight into a TP = 2 model with the same result; under PP = 2 (tied embeddings) each
+stage loads its own layers, from HF and from the checkpoint alike."""
 
 from __future__ import annotations
 
@@ -10,44 +11,76 @@ import torch
 import torch.multiprocessing as mp
 
 from megatron_r1.config import ParallelConfig
-from megatron_r1.convert.checkpoint import hf_logits, hf_to_megatron, load_megatron_model, megatron_logits
+from megatron_r1.convert.checkpoint import (
+    hf_logits,
+    hf_to_megatron,
+    load_megatron_model,
+    megatron_logits,
+    model_tensors,
+)
 
 TOKENS = torch.randint(0, 96, (2, 10), generator=torch.Generator().manual_seed(3))
 
 
-def _worker(rank: int, world: int, port: int, ckpt_dir: str, hf_dir: str, out: str) -> None:
+def _worker(rank: int, world: int, port: int, tp_case: tuple, pp_case: tuple, out: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0"
     )
+    from megatron.core import parallel_state as mpu
+
     from megatron_r1.convert.checkpoint import load_hf_weights
     from megatron_r1.models import build_model
     from megatron_r1.parallel import init_distributed, shutdown
 
+    result = {}
     parallel = ParallelConfig(tensor_parallel=world, backend="gloo")
     init_distributed(parallel)
+    hf_dir, ckpt_dir = tp_case
     model, cfg = load_megatron_model(ckpt_dir, parallel)
-    from_ckpt = megatron_logits(model.eval(), TOKENS)
+    result["ckpt"] = megatron_logits(model.eval(), TOKENS)
+    result["shard"] = tuple(model.output_layer.weight.shape)
     direct = build_model(cfg, parallel)
     load_hf_weights(direct, hf_dir, cfg)
-    from_hf = megatron_logits(direct.eval(), TOKENS)
-    if rank == 0:
-        torch.save({"ckpt": from_ckpt, "hf": from_hf, "shard": tuple(model.output_layer.weight.shape)}, out)
+    result["hf"] = megatron_logits(direct.eval(), TOKENS)
+
+    parallel = ParallelConfig(pipeline_parallel=world, backend="gloo")
+    init_distributed(parallel)
+    hf_dir, ckpt_dir = pp_case
+    staged, cfg = load_megatron_model(ckpt_dir, parallel)
+    direct = build_model(cfg, parallel, mpu.is_pipeline_first_stage(), mpu.is_pipeline_last_stage())
+    load_hf_weights(direct, hf_dir, cfg)
+    result["pp_ckpt"] = {k: v.detach().clone() for k, v in model_tensors(staged).items()}
+    result["pp_hf"] = {k: v.detach().clone() for k, v in model_tensors(direct).items()}
+    torch.save(result, f"{out}.{rank}")
     shutdown()
 
 
 @pytest.mark.slow
-def test_tp2_load_matches_tp1(hf_models, world, tmp_path):
+def test_other_layouts_load_the_converted_checkpoint(hf_models, world, tmp_path):
     from megatron_r1.parallel import free_port
 
-    hf_dir = hf_models["llama"]
-    ckpt = tmp_path / "mcore"
-    hf_to_megatron(hf_dir, ckpt)
-    model, _ = load_megatron_model(ckpt, ParallelConfig())
+    tp_hf, pp_hf = hf_models["llama"], hf_models["llama-tied"]
+    hf_to_megatron(tp_hf, tmp_path / "tp")
+    hf_to_megatron(pp_hf, tmp_path / "pp")
+    model, _ = load_megatron_model(tmp_path / "tp", ParallelConfig())
     tp1 = megatron_logits(model.eval(), TOKENS)
-    out = tmp_path / "tp2.pt"
-    mp.spawn(_worker, args=(2, free_port(), str(ckpt), str(hf_dir), str(out)), nprocs=2, join=True)
-    result = torch.load(out)
-    assert result["shard"] == (48, 64)  # the vocab really is split
-    assert (result["ckpt"] - tp1).abs().max() < 1e-5
-    assert (result["hf"] - tp1).abs().max() < 1e-5
-    assert (tp1 - hf_logits(hf_dir, TOKENS, torch.float32)).abs().max() < 1e-4
+    full_pp, _ = load_megatron_model(tmp_path / "pp", ParallelConfig())
+    full = model_tensors(full_pp)
+    out = str(tmp_path / "res")
+    cases = ((str(tp_hf), str(tmp_path / "tp")), (str(pp_hf), str(tmp_path / "pp")))
+    mp.spawn(_worker, args=(2, free_port(), *cases, out), nprocs=2, join=True)
+    ranks = [torch.load(f"{out}.{r}") for r in range(2)]
+    assert ranks[0]["shard"] == (48, 64)  # the vocabulary really is split
+    for result in ranks:
+        assert (result["ckpt"] - tp1).abs().max() < 1e-5
+        assert (result["hf"] - tp1).abs().max() < 1e-5
+    assert (tp1 - hf_logits(tp_hf, TOKENS, torch.float32)).abs().max() < 1e-4
+    full["output_layer.weight"] = full["embedding.word_embeddings.weight"]  # the last stage's tied copy
+    first, last = ranks[0]["pp_ckpt"], ranks[1]["pp_ckpt"]
+    assert any(k.startswith("decoder.layers.0.") for k in first)
+    assert any(k.startswith("decoder.layers.1.") for k in last) and "output_layer.weight" in last
+    for result in ranks:
+        assert result["pp_ckpt"].keys() == result["pp_hf"].keys()
+        for name, tensor in result["pp_ckpt"].items():
+            assert torch.equal(tensor, full[name]), name
+            assert torch.equal(result["pp_hf"][name], full[name]), name
