@@ -64,13 +64,13 @@ def init_distributed(cfg: ParallelConfig, seed: int = 1234) -> ParallelState:
 
         apply_cpu_patches()
     if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(free_port()))
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend=backend)
+        if "RANK" in os.environ:  # torchrun (or another launcher) set up the rendezvous
+            dist.init_process_group(backend=backend)
+        else:  # a plain process: a world of one, without touching the environment
+            init = f"tcp://127.0.0.1:{free_port()}"
+            dist.init_process_group(backend=backend, init_method=init, rank=0, world_size=1)
     world = dist.get_world_size()
     tp, pp = cfg.tensor_parallel, cfg.pipeline_parallel
     if world % (tp * pp):
