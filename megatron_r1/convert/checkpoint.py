@@ -258,23 +258,42 @@ def _flatten(tree) -> Iterator:
 
 
 def read_model_config(ckpt_dir: str | Path) -> ModelConfig:
-    """The ModelConfig stored beside a converted checkpoint."""
-    path = Path(ckpt_dir) / MODEL_CONFIG_FILE
-    if not path.is_file():
-        raise ConversionError(f"{ckpt_dir} has no {MODEL_CONFIG_FILE} (not a converted Megatron checkpoint)")
+    """The ModelConfig of a checkpoint: ``megatron_r1_model.json`` beside a converted one, or the ``model``
+    section of the run's ``config.json`` for a training checkpoint ``RUN/checkpoints/step_N``."""
+    ckpt_dir = Path(ckpt_dir)
+    path = ckpt_dir / MODEL_CONFIG_FILE
+    run_config = ckpt_dir.parent.parent / "config.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+    elif run_config.is_file() and "model" in json.loads(run_config.read_text()):
+        path, data = run_config, json.loads(run_config.read_text())["model"]
+    else:
+        raise ConversionError(
+            f"{ckpt_dir} has no {MODEL_CONFIG_FILE} and is not a training checkpoint RUN/checkpoints/step_N "
+            "with RUN/config.json"
+        )
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    data = json.loads(path.read_text())
     unknown = sorted(set(data) - fields)
     if unknown:
         raise ConfigError(f"{path}: unknown ModelConfig fields {', '.join(unknown)}")
     return ModelConfig(**data)
 
 
+def dist_checkpoint_dir(ckpt_dir: str | Path) -> Path:
+    """Where the dist_checkpoint files are: the directory itself, or its ``model/`` (trainer layout)."""
+    ckpt_dir = Path(ckpt_dir)
+    if (ckpt_dir / "model" / "metadata.json").is_file():
+        return ckpt_dir / "model"
+    if (ckpt_dir / "metadata.json").is_file():
+        return ckpt_dir
+    raise ConversionError(f"no Megatron dist_checkpoint (metadata.json) in {ckpt_dir} or its model/")
+
+
 def load_megatron_model(
     ckpt_dir: str | Path, parallel: ParallelConfig | None = None, **overrides
 ) -> tuple[torch.nn.Module, ModelConfig]:
     """Build this rank's model (pipeline stage of the current layout; ``init_distributed`` first) and load
-    a converted dist_checkpoint into it."""
+    a converted or training dist_checkpoint into it (see :func:`read_model_config`)."""
     from megatron.core import parallel_state as mpu
 
     from megatron_r1.models import build_model
@@ -290,7 +309,7 @@ def load_megatron_model(
         pre_process=mpu.is_pipeline_first_stage(),
         post_process=mpu.is_pipeline_last_stage(),
     )
-    load_dist_checkpoint(model, ckpt_dir)
+    load_dist_checkpoint(model, dist_checkpoint_dir(ckpt_dir))
     return model, cfg
 
 
@@ -376,9 +395,12 @@ def megatron_to_hf(
     hf_reference_dir: str | Path | None = None,
     max_shard_bytes: int = 2 * 1024**3,
 ) -> None:
-    """Write a converted Megatron checkpoint as a HF directory: safetensors shards,
-    ``model.safetensors.index.json``, ``config.json`` (from ``hf_reference_dir`` if given, else the one
-    stored at conversion) and the tokenizer files."""
+    """Write a Megatron checkpoint (converted, or a training checkpoint ``RUN/checkpoints/step_N``) as a HF
+    directory: safetensors shards, ``model.safetensors.index.json``, ``config.json`` and the tokenizer files.
+
+    ``config.json`` comes from ``hf_reference_dir``, else the one stored at conversion, else the model's
+    ``hf_path``, else it is generated from the ModelConfig (dense families); tokenizer files come from the
+    first of those directories that has them."""
     from megatron_r1.convert import get_adapter
 
     _world_of_one()
@@ -392,13 +414,58 @@ def megatron_to_hf(
                 for hf_name, hf_tensor in adapter.to_hf(name, tensor.detach(), cfg)
             )
             write_safetensors_shards(named, tmp, max_shard_bytes)
-        config_src = Path(hf_reference_dir or ckpt_dir)
-        config = config_src / ("config.json" if hf_reference_dir else HF_CONFIG_FILE)
-        if not config.is_file():
-            raise ConversionError(f"no {config.name} in {config_src} to write config.json from")
-        shutil.copy2(config, tmp / "config.json")
-        copy_tokenizer_files(hf_reference_dir or ckpt_dir, tmp)
+        ref = [Path(hf_reference_dir)] if hf_reference_dir else []
+        origin = [Path(cfg.hf_path)] if cfg.hf_path else []
+        candidates = [d / "config.json" for d in ref] + [Path(ckpt_dir) / HF_CONFIG_FILE]
+        candidates += [d / "config.json" for d in origin]
+        config = next((c for c in candidates if c.is_file()), None)
+        if config is not None:
+            shutil.copy2(config, tmp / "config.json")
+        else:
+            (tmp / "config.json").write_text(json.dumps(hf_config_from_model_config(cfg), indent=2))
+        for src in [*ref, Path(ckpt_dir), *origin]:
+            if copy_tokenizer_files(src, tmp):
+                break
+        else:
+            logger.warning("no tokenizer files found for %s; config and weights only", ckpt_dir)
     logger.info("exported %s -> %s", ckpt_dir, out_dir)
+
+
+_HF_DENSE = {
+    "tiny": ("LlamaForCausalLM", "llama"),
+    "llama": ("LlamaForCausalLM", "llama"),
+    "qwen2": ("Qwen2ForCausalLM", "qwen2"),
+    "qwen3": ("Qwen3ForCausalLM", "qwen3"),
+}
+
+
+def hf_config_from_model_config(cfg: ModelConfig) -> dict:
+    """A transformers ``config.json`` for a dense ModelConfig (tiny exports as Llama)."""
+    if cfg.preset not in _HF_DENSE:
+        raise ConversionError(
+            f"cannot generate config.json for preset {cfg.preset!r}: pass the original HF directory"
+        )
+    architecture, model_type = _HF_DENSE[cfg.preset]
+    if cfg.add_qkv_bias and cfg.preset != "qwen2":
+        raise ConversionError(f"preset {cfg.preset!r} with a QKV bias has no transformers equivalent")
+    return {
+        "architectures": [architecture],
+        "model_type": model_type,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.ffn_hidden_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_query_groups,
+        "head_dim": cfg.kv_channels or cfg.hidden_size // cfg.num_attention_heads,
+        "vocab_size": cfg.vocab_size,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rope_theta": cfg.rotary_base,
+        "rms_norm_eps": cfg.norm_epsilon,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "torch_dtype": cfg.params_dtype,
+    }
 
 
 def write_safetensors_shards(

@@ -101,3 +101,30 @@ def test_failed_conversion_leaves_no_output(hf_models, world, tmp_path, monkeypa
     with pytest.raises(ConversionError, match="injected"):
         hf_to_megatron(hf_models["llama"], tmp_path / "out", verify=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_checkpoint_exports_to_transformers(world, tmp_path):
+    """A trainer checkpoint (RUN/checkpoints/step_N/model + RUN/config.json) of the tiny preset, no HF
+    origin: config.json is generated and transformers reproduces the Megatron logits."""
+    import dataclasses
+
+    from megatron_r1.config import ModelConfig
+    from megatron_r1.convert.checkpoint import save_dist_checkpoint
+
+    cfg = ModelConfig(preset="tiny", vocab_size=96, init_std=0.2)
+    model = build_model(cfg, ParallelConfig())
+    step = tmp_path / "run" / "checkpoints" / "step_000003"
+    save_dist_checkpoint(model, step / "model")
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"model": dataclasses.asdict(cfg)}))
+    megatron_to_hf(step, tmp_path / "hf")
+    expected = megatron_logits(model.eval(), TOKENS)
+    assert (hf_logits(tmp_path / "hf", TOKENS, torch.float32) - expected).abs().max() < 1e-4
+
+
+def test_dist_checkpoint_shape_mismatch_names_tensor(hf_models, world, tmp_path):
+    from megatron_r1.convert.checkpoint import load_megatron_model
+
+    hf_to_megatron(hf_models["qwen2"], tmp_path / "mcore")
+    expected = r"'decoder.layers.mlp.linear_fc2.weight': checkpoint \(2, 64, 96\) vs model \(2, 64, 128\)"
+    with pytest.raises(ConversionError, match=expected):
+        load_megatron_model(tmp_path / "mcore", ParallelConfig(), ffn_hidden_size=128)
