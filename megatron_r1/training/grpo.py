@@ -14,6 +14,7 @@ import math
 import torch
 import torch.distributed as dist
 
+from megatron_r1 import kernels
 from megatron_r1.algorithms import aggregate_loss, clipped_surrogate, compute_advantages, kl_k3
 from megatron_r1.rollout.engine import SamplingParams
 from megatron_r1.rollout.reshard import hf_weight_buckets
@@ -58,25 +59,37 @@ def _from_last_stage(values: dict[str, float], c: Components) -> dict[str, float
 
 
 def grpo_loss_fn(c: Components, num_tokens: float, num_seqs: float):
-    """The per-micro-batch loss: clipped surrogate + β·k3 KL, aggregated with global denominators."""
+    """The per-micro-batch loss: clipped surrogate + β·k3 KL, aggregated with global denominators.
+
+    Where the Triton kernels run (``train.logprob_impl``: CUDA under auto, or forced), the per-token
+    terms come from the fused ``megatron_r1.kernels.grpo_loss``; elsewhere from the pure functions of
+    ``algorithms``.
+    """
     a = c.cfg.algorithm
+    impl = c.cfg.train.logprob_impl
 
     def loss_fn(logprobs, entropy, mb):
         mask = mb["response_mask"]
         old = mb.get("old_logprobs", logprobs.detach())
-        per_token, clipped = clipped_surrogate(logprobs, old, mb["advantages"], a.clip_low, a.clip_high)
-        kl = torch.zeros_like(per_token)
-        if "ref_logprobs" in mb:
-            kl = kl_k3(logprobs, mb["ref_logprobs"])
+        ref = mb.get("ref_logprobs")
+        n = mask.sum()
+        if impl == "triton" or (impl == "auto" and logprobs.is_cuda and kernels.triton_available()):
+            per_token, clip_fraction, kl_mean = kernels.grpo_loss(
+                logprobs, old, mb["advantages"], mask, ref, a.clip_low, a.clip_high, a.kl_coef, impl="triton"
+            )
+            clipped_sum, kl_sum = clip_fraction * n, kl_mean * n
+        else:
+            per_token, clipped = clipped_surrogate(logprobs, old, mb["advantages"], a.clip_low, a.clip_high)
+            kl = kl_k3(logprobs, ref) if ref is not None else torch.zeros_like(per_token)
             per_token = per_token + a.kl_coef * kl
+            clipped_sum, kl_sum = (clipped.float() * mask).sum(), (kl.detach() * mask).sum()
         loss = aggregate_loss(
             per_token, mask, a.loss_agg, num_tokens, num_seqs, norm_constant=c.cfg.rollout.max_new_tokens
         )
-        n = mask.sum()
         metrics = {
             "loss": loss.detach(),
-            "kl": (kl.detach() * mask).sum(),
-            "clip_fraction": (clipped.float() * mask).sum(),
+            "kl": kl_sum.detach(),
+            "clip_fraction": clipped_sum.detach(),
             "entropy": (entropy.detach() * mask).sum() if entropy is not None else n * 0,
             "logprob_diff": ((logprobs.detach() - mb["sampler_logprobs"]).abs() * mask).sum(),
             "tokens": n,
@@ -123,7 +136,9 @@ def update(c: Components, batch: dict[str, torch.Tensor], step: int, total_steps
     metrics = _from_last_stage(metrics, c)
     if c.state.dp_size > 1:
         keys = list(metrics)
-        metrics = dict(zip(keys, [v / c.state.dp_size for v in _dp_sum([metrics[k] for k in keys], c)]))
+        summed = dict(zip(keys, _dp_sum([metrics[k] for k in keys], c)))
+        # Each replica's loss is its share of the global batch's (global denominators): shares add up.
+        metrics = {k: v if k == "loss" else v / c.state.dp_size for k, v in summed.items()}
     metrics["grad_norm"] = grad_norm
     metrics["skipped"] = 0.0 if stepped and math.isfinite(metrics["loss"]) else 1.0
     return metrics
