@@ -406,10 +406,12 @@ def megatron_to_hf(
     _world_of_one()
     model, cfg = load_megatron_model(ckpt_dir, ParallelConfig())
     adapter = get_adapter(cfg.preset)
+    # Megatron keeps some tensors (the local spec's norms) in float32 under bf16: export in the model dtype.
+    dtype = getattr(torch, cfg.params_dtype)
     with atomic_dir(out_dir) as tmp:
         with torch.no_grad():
             named = (
-                (hf_name, hf_tensor)
+                (hf_name, hf_tensor.to(dtype))
                 for name, tensor in model_tensors(model).items()
                 for hf_name, hf_tensor in adapter.to_hf(name, tensor.detach(), cfg)
             )

@@ -128,3 +128,15 @@ def test_dist_checkpoint_shape_mismatch_names_tensor(hf_models, world, tmp_path)
     expected = r"'decoder.layers.mlp.linear_fc2.weight': checkpoint \(2, 64, 96\) vs model \(2, 64, 128\)"
     with pytest.raises(ConversionError, match=expected):
         load_megatron_model(tmp_path / "mcore", ParallelConfig(), ffn_hidden_size=128)
+
+
+def test_bf16_round_trip_keeps_dtype(hf_models, world, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    src = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(hf_models["qwen2"], dtype=torch.bfloat16).save_pretrained(src)
+    result = hf_to_megatron(src, tmp_path / "mcore", verify=True)
+    assert result.tolerance == 5e-2 and result.max_abs_diff < 5e-2
+    megatron_to_hf(tmp_path / "mcore", tmp_path / "hf")
+    original, back = dict(iter_hf_tensors(src)), dict(iter_hf_tensors(tmp_path / "hf"))
+    assert all(back[k].dtype == torch.bfloat16 and torch.equal(back[k], original[k]) for k in original)
