@@ -8,6 +8,7 @@ import random
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 
 from megatron_r1.training.optim import lr_at
 from megatron_r1.training.setup import Components
@@ -26,7 +27,10 @@ def sft_batch(pairs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict
 
 def sft_step(c: Components, batch: dict[str, torch.Tensor], lr: float) -> dict[str, float]:
     """One optimizer step of SFT; returns {"sft/loss", "sft/grad_norm"}."""
-    num_tokens = batch["loss_mask"].sum().item()
+    num_tokens = batch["loss_mask"].sum().to(c.state.device)
+    if c.state.dp_size > 1:  # each DP rank holds its own examples: the denominator is the global count
+        dist.all_reduce(num_tokens, group=c.state.dp_group)
+    num_tokens = num_tokens.item()
 
     def nll(logprobs, _entropy, mb):
         loss = -(logprobs * mb["loss_mask"]).sum() / num_tokens
@@ -43,7 +47,7 @@ def arithmetic_warmup(c: Components, steps: int) -> list[dict[str, float]]:
     from megatron_r1.data.arithmetic import warmup_example
 
     t = c.cfg.train
-    rng = random.Random(t.seed + 17)
+    rng = random.Random(t.seed + 17 + 7919 * c.state.dp_rank)
     eos = [c.tokenizer.eos_token_id]
     history = []
     for step in range(steps):
