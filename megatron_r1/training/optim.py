@@ -53,6 +53,8 @@ class LocalOptimizer:
             p.grad = None
 
     def _reduce_grads(self) -> None:
+        if self.state.pp_size > 1:
+            self._reduce_tied_embedding_grads()
         if self.state.dp_size == 1:
             return
         for p in self.params:
@@ -60,11 +62,23 @@ class LocalOptimizer:
                 p.grad = torch.zeros_like(p)
             dist.all_reduce(p.grad, group=self.state.dp_group)
 
+    def _reduce_tied_embedding_grads(self) -> None:
+        """Tied embeddings under PP: the first stage's embedding and the last stage's output layer are copies
+        of one weight (``shared_embedding``); both get the sum of their gradients, as Megatron's
+        ``finalize_model_grads`` does on CUDA."""
+        from megatron.core import parallel_state as mpu
+
+        for p in self.params:
+            if getattr(p, "shared_embedding", False):
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad, group=mpu.get_embedding_group())
+
     def grad_norm(self) -> float:
         tp_sq = torch.zeros((), dtype=torch.float64)
         rep_sq = torch.zeros((), dtype=torch.float64)
         for p in self.params:
-            if p.grad is None:
+            if p.grad is None or getattr(p, "shared", False):  # the last stage's tied copy: counted once
                 continue
             sq = p.grad.detach().double().pow(2).sum()
             if getattr(p, "tensor_model_parallel", False):
