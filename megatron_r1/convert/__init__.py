@@ -48,15 +48,23 @@ def get_adapter(preset: str) -> Adapter:
     )
 
 
-def hf_to_megatron(hf_dir, out_dir, verify: bool = False, tolerance: float = 1e-4):
-    """See :func:`megatron_r1.convert.checkpoint.hf_to_megatron`."""
+def hf_to_megatron(hf_dir, out_dir, verify: bool = False, tolerance: float | None = None):
+    """CLI entry: see :func:`megatron_r1.convert.checkpoint.hf_to_megatron` (returns a ``VerifyResult`` with
+    ``max_abs_diff`` when ``verify``, else None)."""
     from megatron_r1.convert.checkpoint import hf_to_megatron as impl
 
     return impl(hf_dir, out_dir, verify=verify, tolerance=tolerance)
 
 
-def megatron_to_hf(ckpt_dir, out_dir, hf_reference_dir=None):
-    """See :func:`megatron_r1.convert.checkpoint.megatron_to_hf`."""
+def megatron_to_hf(ckpt_dir, out_dir, hf_reference_dir=None) -> None:
+    """CLI entry: see :func:`megatron_r1.convert.checkpoint.megatron_to_hf`."""
     from megatron_r1.convert.checkpoint import megatron_to_hf as impl
 
-    return impl(ckpt_dir, out_dir, hf_reference_dir=hf_reference_dir)
+    impl(ckpt_dir, out_dir, hf_reference_dir=hf_reference_dir)
+
+
+def gguf_to_hf(gguf_path, out_dir):
+    """CLI entry: see :func:`megatron_r1.convert.gguf.gguf_to_hf_dir`."""
+    from megatron_r1.convert.gguf import gguf_to_hf_dir
+
+    return gguf_to_hf_dir(gguf_path, out_dir)

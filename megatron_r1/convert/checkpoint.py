@@ -114,8 +114,21 @@ def global_name(model: torch.nn.Module, local: str) -> str:
     return local
 
 
-def _canonical(name: str) -> str:
-    """TE grouped-GEMM expert names → the local spec's, so HF names map to either spec."""
+# Transformer Engine spec: norms fused into the following linear → the local spec's separate norms.
+_TE_TO_LOCAL = {
+    ".self_attention.linear_qkv.layer_norm_weight": ".input_layernorm.weight",
+    ".mlp.linear_fc1.layer_norm_weight": ".pre_mlp_layernorm.weight",
+    ".self_attention.linear_q_up_proj.layer_norm_weight": ".self_attention.q_layernorm.weight",
+    ".self_attention.linear_kv_up_proj.layer_norm_weight": ".self_attention.kv_layernorm.weight",
+}
+
+
+def canonical_name(name: str) -> str:
+    """A Transformer Engine spec name (fused norms, grouped-GEMM experts) → the local spec's, which the
+    adapters' ``from_hf`` produce; local names are returned unchanged."""
+    for te, local in _TE_TO_LOCAL.items():
+        if name.endswith(te):
+            return name[: -len(te)] + local
     return _GROUPED_TO_LOCAL.sub(r".experts.local_experts.\2.linear_fc\1.weight", name)
 
 
@@ -128,7 +141,7 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             continue
         if not isinstance(tensor, torch.Tensor):
             continue
-        out[_canonical(global_name(model, name))] = tensor
+        out[canonical_name(global_name(model, name))] = tensor
     return out
 
 

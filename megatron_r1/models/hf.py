@@ -21,6 +21,26 @@ def read_hf_config(hf_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def check_supported_features(hf: dict, hf_dir: str | Path) -> None:
+    """Refuse config.json features the presets do not model (rather than converting to wrong logits)."""
+    rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+    rope_type = rope.get("rope_type", rope.get("type")) or "default"
+    allowed_rope = ("default", "yarn") if hf.get("kv_lora_rank") else ("default",)
+    problems = []
+    if rope_type not in allowed_rope:
+        problems.append(f"rope scaling {rope_type!r}")
+    if hf.get("hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act {hf['hidden_act']!r}")
+    if hf.get("mlp_bias"):
+        problems.append("mlp_bias")
+    if hf.get("attention_bias") and hf.get("model_type") not in ("qwen2",):
+        problems.append("attention_bias (on the output projection too)")
+    if hf.get("use_sliding_window"):
+        problems.append("sliding-window attention")
+    if problems:
+        raise ConfigError(f"{hf_dir}/config.json: unsupported {', '.join(problems)}")
+
+
 def model_config_from_hf(hf_dir: str | Path, **overrides) -> ModelConfig:
     """A ModelConfig (preset chosen from ``architectures``) for the HF model in ``hf_dir``."""
     hf = read_hf_config(hf_dir)
@@ -28,6 +48,7 @@ def model_config_from_hf(hf_dir: str | Path, **overrides) -> ModelConfig:
     if not architectures:
         raise ConfigError(f"{hf_dir}/config.json has no 'architectures' entry")
     family = family_for_architecture(architectures[0])
+    check_supported_features(hf, hf_dir)
     fields = family.from_hf_config(hf) if family.from_hf_config else {}
     dtype = str(hf.get("torch_dtype") or hf.get("dtype") or "float32")
     fields.setdefault("params_dtype", dtype if dtype in ("float32", "bfloat16", "float16") else "float32")

@@ -113,3 +113,37 @@ def test_qwen_configs(tmp_path):
 def test_missing_config_json(tmp_path):
     with pytest.raises(ConfigError, match="no config.json"):
         model_config_from_hf(tmp_path)
+
+
+def test_unsupported_features_are_refused(tmp_path):
+    llama31 = {
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "vocab_size": 96,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0},
+        "mlp_bias": True,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(llama31))
+    with pytest.raises(ConfigError, match="unsupported rope scaling 'llama3', mlp_bias"):
+        model_config_from_hf(tmp_path)
+
+
+def test_transformer_engine_names_map_to_local_names():
+    from megatron_r1.convert.checkpoint import canonical_name
+
+    assert canonical_name("decoder.layers.3.self_attention.linear_qkv.layer_norm_weight") == (
+        "decoder.layers.3.input_layernorm.weight"
+    )
+    assert canonical_name("decoder.layers.3.mlp.linear_fc1.layer_norm_weight") == (
+        "decoder.layers.3.pre_mlp_layernorm.weight"
+    )
+    assert canonical_name("decoder.layers.1.self_attention.linear_kv_up_proj.layer_norm_weight") == (
+        "decoder.layers.1.self_attention.kv_layernorm.weight"
+    )
+    assert canonical_name("decoder.layers.1.mlp.experts.linear_fc2.weight7") == (
+        "decoder.layers.1.mlp.experts.local_experts.7.linear_fc2.weight"
+    )
+    assert canonical_name("decoder.final_layernorm.weight") == "decoder.final_layernorm.weight"
