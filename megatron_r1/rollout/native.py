@@ -10,7 +10,9 @@ prompt is prefilled once, left-padded, and its KV cache is then copied to its ``
 runs all live rows together, one token per step; rows that finish (stop token, stop string,
 length) stop receiving tokens and are dropped from the batch (and the cache) once enough of them
 have finished, so late steps cost only what the live rows need. All randomness comes from one
-``torch.Generator`` per call, seeded from ``SamplingParams.seed``.
+``torch.Generator`` per call, seeded from ``SamplingParams.seed``: the same seed, prompts, weights
+and ``max_batch_size`` give the same completions (a different chunking draws the random numbers
+in a different order, and CPU vs GPU differ).
 """
 
 from __future__ import annotations
@@ -152,8 +154,10 @@ class NativeEngine:
         """Copy ``(hf_name, tensor)`` pairs into the held parameters.
 
         Any subset of the parameters may be sent per call (bucketed sync); tensors are converted
-        to the engine's device and dtype. Raises ``ValueError`` on an unknown name or a shape
-        mismatch (tensors before the offending one are already applied).
+        to the engine's device and dtype. With tied embeddings ``lm_head.weight`` is accepted as
+        another name of ``model.embed_tokens.weight``; ``*.rotary_emb.inv_freq`` is ignored.
+        Raises ``ValueError`` on an unknown name or a shape mismatch (tensors before the
+        offending one are already applied).
         """
         for name, tensor in named_tensors:
             param = self._params.get(name)

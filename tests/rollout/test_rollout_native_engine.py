@@ -14,7 +14,7 @@ from megatron_r1.rollout.engine import (
     available_engines,
     build_engine,
 )
-from megatron_r1.rollout.native import NativeEngine, _make_decode
+from megatron_r1.rollout.native import NativeEngine, _make_decode, sample_tokens
 
 
 def _hf_greedy(hf, prompt: list[int], max_new_tokens: int) -> list[int]:
@@ -201,3 +201,24 @@ def test_decode_keeps_special_tokens() -> None:
 
     assert _make_decode(HFLike())([1, 2]) == "[1, 2]:False"
     assert _make_decode(CharTokenizer())([0, 1]) == "abb"
+
+
+def test_sample_tokens_nucleus_and_logprobs() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().expand(2000, 4)
+    tokens, logprobs = sample_tokens(logits, 1.0, 0.7, torch.Generator().manual_seed(0))
+    counts = torch.bincount(tokens, minlength=4)
+    assert counts[2:].sum() == 0  # outside the 0.7 nucleus {0, 1}
+    assert abs(counts[0] / 2000 - 0.5 / 0.8) < 0.05  # renormalised within the nucleus
+    torch.testing.assert_close(logprobs, probs.log()[tokens])  # but logprobs are not renormalised
+    tokens, logprobs = sample_tokens(logits, 0.5, 1.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(logprobs, torch.log_softmax(logits / 0.5, -1)[0][tokens])
+    assert set(tokens.tolist()) == {0, 1, 2, 3}
+
+
+def test_n_rows_split_across_chunks_share_the_prompt(llama) -> None:
+    engine = make_engine(llama, max_batch_size=2)
+    greedy = engine.generate(PROMPTS, SamplingParams(temperature=0, max_new_tokens=8))
+    out = engine.generate(PROMPTS, SamplingParams(n=3, temperature=0, max_new_tokens=8))
+    assert [c.token_ids for c in out] == [g.token_ids for g in greedy for _ in range(3)]
+    assert engine.generate([], SamplingParams()) == []
