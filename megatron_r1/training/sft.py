@@ -39,7 +39,13 @@ def sft_step(c: Components, batch: dict[str, torch.Tensor], lr: float) -> dict[s
     batch = {k: v.to(c.state.device) for k, v in batch.items()}
     outs = c.policy.run(batch, nll, c.cfg.train.micro_batch_size)
     grad_norm, _ = c.optimizer.step(lr)
-    return {"sft/loss": sum(float(o["loss"]) for o in outs), "sft/grad_norm": grad_norm}
+    # The loss is computed on the last stage, and each DP rank's is its share of the global batch's.
+    loss = torch.tensor(sum(float(o["loss"]) for o in outs), dtype=torch.float64, device=c.state.device)
+    if c.state.pp_size > 1:
+        dist.all_reduce(loss, group=c.state.pp_group)
+    if c.state.dp_size > 1:
+        dist.all_reduce(loss, group=c.state.dp_group)
+    return {"sft/loss": loss.item(), "sft/grad_norm": grad_norm}
 
 
 def arithmetic_warmup(c: Components, steps: int) -> list[dict[str, float]]:

@@ -153,6 +153,24 @@ def _update(policy, cfg, batch: dict, micro_batch_size: int) -> dict:
     return update(c, dict(batch), step=0, total_steps=1)
 
 
+def _sft(cfg, weights: dict, batch: dict, micro_batch_size: int, hide_dp: bool = False, **layout) -> dict:
+    """``sft.sft_step`` (the warm-up's step) on a fresh model with the fixed weights in ``layout``;
+    ``hide_dp``: the reference, local to this process."""
+    import dataclasses
+
+    from megatron_r1.training.optim import LocalOptimizer
+    from megatron_r1.training.sft import sft_step
+
+    policy, _ = _layout(cfg, weights, **layout)
+    if hide_dp:
+        policy.state = dataclasses.replace(policy.state, dp_size=1, dp_rank=0)
+    cfg.train.micro_batch_size = micro_batch_size
+    optimizer = LocalOptimizer(policy.model, cfg.train, policy.state)
+    c = SimpleNamespace(cfg=cfg, state=policy.state, policy=policy, optimizer=optimizer)
+    sft = {"tokens": batch["tokens"], "loss_mask": batch["response_mask"]}
+    return sft_step(c, sft, lr=1e-3)
+
+
 def _reference(
     num_layers: int, loss_agg: str = "token-mean", micro_batch_size: int = 2, tied: bool = False
 ) -> dict:
@@ -249,6 +267,8 @@ def _pp(rank: int) -> dict:
         "grad_norm": got["grad_norm"],
         "full": full,
         "update": _update(policy, ref["cfg"], ref["batch"], micro_batch_size=1),
+        "sft": _sft(ref["cfg"], ref["weights"], ref["batch"], micro_batch_size=1, pp=2),
+        "sft_ref": _sft(ref["cfg"], ref["weights"], ref["batch"], micro_batch_size=B, hide_dp=True),
     }
 
 
@@ -297,6 +317,9 @@ def _dp(rank: int) -> dict:
             "update": _update(policy, ref["cfg"], local, micro_batch_size=1),
             "stepped": {n: p.detach().clone() for n, p in policy.model.named_parameters()},
         }
+    # SFT under DP: each rank its own examples, the global token count as the denominator.
+    results["sft_ref"] = _sft(ref["cfg"], ref["weights"], ref["batch"], micro_batch_size=B, hide_dp=True)
+    results["sft"] = _sft(ref["cfg"], ref["weights"], local, micro_batch_size=1)
     return results
 
 
@@ -464,6 +487,17 @@ def test_data_parallel_matches_single_process(layouts):
             _check_update(r["update"], ref["update"], f"DP=2 {loss_agg}", keys=("loss", "grad_norm"))
         for name, w in per_rank[0]["stepped"].items():
             torch.testing.assert_close(per_rank[1]["stepped"][name], w, rtol=0, atol=0, msg=name)
+
+
+def test_sft_step_data_and_pipeline_parallel(layouts):
+    """sft.sft_step (the warm-up) under DP=2 (half the examples each) and PP=2: every rank reports the
+    whole batch's loss and gradient norm."""
+    for layout in ("dp", "pp"):
+        for r in layouts:
+            got, want = r[layout]["sft"], r[layout]["sft_ref"]
+            assert want["sft/grad_norm"] > 0
+            for k in ("sft/loss", "sft/grad_norm"):
+                assert got[k] == pytest.approx(want[k], rel=1e-5), f"{layout}: {k}"
 
 
 def test_gradient_accumulation_matches_full_batch(layouts):
