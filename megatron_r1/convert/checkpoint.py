@@ -515,6 +515,7 @@ def write_safetensors_shards(
     for i, names in enumerate(shards):
         file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         (out_dir / f".shard-{i}").rename(out_dir / file)
+        (out_dir / file).chmod(0o644)  # safetensors writes 0600
         weight_map.update(dict.fromkeys(names, file))
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
