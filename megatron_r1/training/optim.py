@@ -6,6 +6,8 @@ On CPU (gloo: tests, the demo) Megatron's DDP and optimizer hard-code CUDA, so t
 :class:`LocalOptimizer`: AdamW, gradients summed over data-parallel ranks (the losses are already divided by
 global counts), and the global gradient norm computed once per parameter shard: tensor-parallel shards are
 summed over the TP group, replicated parameters (norms) counted once, stages summed over the PP group.
+With tied embeddings under PP, the two copies' gradients are summed over the embedding group and the norm
+counts the weight once.
 """
 
 from __future__ import annotations

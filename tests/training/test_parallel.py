@@ -6,7 +6,10 @@ seeded generator (not Megatron's initialisation, which differs per layout), runs
 batch through ``Policy.run`` and keeps loss, metrics and gradients. It then re-initialises Megatron's groups
 in the layout under test, loads the same full weights (sliced into TP shards / split into PP stages), runs the
 same batch and returns its loss, metrics and local gradients; the test reassembles shards and stages and
-compares. The reference runs inside the workers so the pytest process never initialises torch.distributed.
+compares. ``grpo.update`` (a clipped AdamW step) and ``sft.sft_step`` are checked the same way, as is the
+weight sync (``full_megatron_tensors``). The reference runs inside the workers so the pytest process never
+initialises torch.distributed; all layouts share one 2-process world (importing Megatron-Core costs more
+than every check together), which the module fixture starts once.
 """
 
 from __future__ import annotations
@@ -272,6 +275,27 @@ def _pp(rank: int) -> dict:
     }
 
 
+def _tp_pp_worker(rank: int) -> dict:
+    """TP=2 × PP=2 on 4 ranks (its own world: the layouts world has 2)."""
+    from megatron_r1.rollout.reshard import full_megatron_tensors
+
+    ref = _reference(num_layers=4)
+    policy, names = _layout(ref["cfg"], ref["weights"], tp=2, pp=2)
+    got = _run(policy, ref["cfg"], ref["batch"], (ref["metrics"]["tokens"], float(B)), micro_batch_size=2)
+    full = {n: t.clone() for n, t in full_megatron_tensors(policy.model, policy.state)}
+    return {
+        "ref": _ref_summary(ref) if rank == 0 else None,
+        "tp_rank": policy.state.tp_rank,
+        "pp_rank": policy.state.pp_rank,
+        "metrics": got["metrics"],
+        "grads": {names[n]: g for n, g in got["grads"].items()},
+        "grad_norm": got["grad_norm"],
+        "partition_dims": _partition_dims(policy.model, names),
+        "full": full,
+        "update": _update(policy, ref["cfg"], ref["batch"], micro_batch_size=2),
+    }
+
+
 def _pp_tied(rank: int) -> dict:
     """PP=2 with tied embeddings: the first stage's embedding and the last stage's output layer are two
     copies of one weight; after the optimizer's reduction each must hold the whole (tied) gradient."""
@@ -403,7 +427,7 @@ def _check_full(full: dict, weights: dict, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def layouts(tmp_path_factory):
-    """Both ranks' results of :func:`_layouts_worker` (TP=2, PP=2, DP=2, accumulation)."""
+    """Both ranks' results of :func:`_layouts_worker` (TP=2, PP=2, PP=2 tied, DP=2, accumulation)."""
     results = run_workers(_layouts_worker, 2, tmp_path_factory.mktemp("layouts"), timeout=240)
     for r in results:
         print("phase seconds:", {k: round(v, 2) for k, v in r["times"].items()})
@@ -443,6 +467,29 @@ def test_pipeline_parallel_matches_single_process(layouts):
         assert r["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5)
         _check_full(r["full"], ref["weights"], f"PP rank {r['pp_rank']}")
         _check_update(r["update"], ref["update"], f"PP rank {r['pp_rank']}")
+
+
+@pytest.mark.slow
+def test_tensor_and_pipeline_parallel_4_ranks(tmp_path):
+    """TP=2 × PP=2 (4 processes): per stage, TP shards reassembled; loss, gradients, norm, update metrics and
+    the weight sync (TP gather inside each stage, then the PP broadcast) match the single process."""
+    results = run_workers(_tp_pp_worker, 4, tmp_path, timeout=240)
+    ref = results[0]["ref"]
+    assert sorted((r["pp_rank"], r["tp_rank"]) for r in results) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    grads = {}
+    for stage in (0, 1):
+        ranks = sorted((r for r in results if r["pp_rank"] == stage), key=lambda r: r["tp_rank"])
+        dims = ranks[0]["partition_dims"]
+        grads |= {n: _unshard(n, [r["grads"][n] for r in ranks], dims[n]) for n in ranks[0]["grads"]}
+        for r in ranks:
+            if stage == 1:
+                _check_metrics(r["metrics"], ref["metrics"], f"TP rank {r['tp_rank']} last stage")
+    _check_grads(grads, ref["grads"], "TP=2 × PP=2")
+    for r in results:
+        what = f"(pp, tp) = ({r['pp_rank']}, {r['tp_rank']})"
+        assert r["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5), what
+        _check_full(r["full"], ref["weights"], what)
+        _check_update(r["update"], ref["update"], what)
 
 
 def test_pipeline_parallel_tied_embeddings(layouts):
