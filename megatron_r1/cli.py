@@ -34,7 +34,10 @@ def _convert(args: argparse.Namespace) -> None:
     from megatron_r1 import convert
 
     if args.direction == "hf-to-megatron":
-        convert.hf_to_megatron(args.src, args.dst, verify=args.verify)
+        result = convert.hf_to_megatron(args.src, args.dst, verify=args.verify)
+        if result is not None:
+            diff, tol = result.max_abs_diff, result.tolerance
+            print(f"verify: max |logit difference| {diff:.3g} (tolerance {tol:g})")
     else:
         convert.megatron_to_hf(args.src, args.dst)
     print(args.dst)
@@ -75,15 +78,21 @@ def _split_config_arg(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _split_config_arg(args)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(
-        level=os.environ.get("MEGATRON_R1_LOG", "INFO"),
+        level=os.environ.get("MEGATRON_R1_LOG", "INFO") if main_rank else "WARNING",
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     for noisy in ("megatron", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
+    except Exception as exc:
+        # Errors about the user's input or run (ours, and missing files / bad values) are one line; anything
+        # else is a bug and keeps its traceback.
+        ours = type(exc).__module__.startswith("megatron_r1")
+        if not (ours or isinstance(exc, ConfigError | FileNotFoundError | ValueError | KeyError)):
+            raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"megatron-r1: error: {msg}", file=sys.stderr)
         return 2

@@ -49,11 +49,11 @@ def _dp_sum(values: list[float], c: Components) -> list[float]:
 
 
 def _from_last_stage(values: dict[str, float], c: Components) -> dict[str, float]:
-    """Metrics computed on the last pipeline stage, made known to every stage."""
+    """Metrics computed on the last pipeline stage (zeros elsewhere), made known to every stage."""
     if c.state.pp_size == 1:
         return values
-    keys = ["loss", "kl", "clip_fraction", "entropy", "logprob_diff"]
-    t = torch.tensor([values.get(k, 0.0) for k in keys], dtype=torch.float64, device=c.state.device)
+    keys = list(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=c.state.device)
     dist.all_reduce(t, group=c.state.pp_group)
     return dict(zip(keys, t.tolist()))
 
@@ -130,15 +130,15 @@ def update(c: Components, batch: dict[str, torch.Tensor], step: int, total_steps
             for k, v in out.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         grad_norm, stepped = c.optimizer.step(lr_at(step, cfg.train, total_steps))
-    tokens = max(totals.get("tokens", 0.0), 1.0)
-    metrics = {k: totals.get(k, 0.0) / tokens for k in ("kl", "clip_fraction", "entropy", "logprob_diff")}
-    metrics["loss"] = totals.get("loss", 0.0) / cfg.algorithm.ppo_epochs
-    metrics = _from_last_stage(metrics, c)
-    if c.state.dp_size > 1:
-        keys = list(metrics)
-        summed = dict(zip(keys, _dp_sum([metrics[k] for k in keys], c)))
-        # Each replica's loss is its share of the global batch's (global denominators): shares add up.
-        metrics = {k: v if k == "loss" else v / c.state.dp_size for k, v in summed.items()}
+    # Raw sums from the last stage, summed over the DP replicas, then divided: token-weighted global means.
+    keys = ["loss", "kl", "clip_fraction", "entropy", "logprob_diff", "tokens"]
+    sums = dict(
+        zip(keys, _dp_sum(list(_from_last_stage({k: totals.get(k, 0.0) for k in keys}, c).values()), c))
+    )
+    tokens = max(sums["tokens"], 1.0)
+    metrics = {k: sums[k] / tokens for k in ("kl", "clip_fraction", "entropy", "logprob_diff")}
+    # Each replica's loss is its share of the global batch's (global denominators): shares add up.
+    metrics["loss"] = sums["loss"] / cfg.algorithm.ppo_epochs
     metrics["grad_norm"] = grad_norm
     metrics["skipped"] = 0.0 if stepped and math.isfinite(metrics["loss"]) else 1.0
     return metrics

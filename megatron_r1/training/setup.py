@@ -62,6 +62,7 @@ def native_engine_config(cfg: Config):
         qkv_bias=m.add_qkv_bias,
         tie_word_embeddings=m.tie_word_embeddings,
         max_position_embeddings=m.max_position_embeddings,
+        qk_norm=m.qk_layernorm,
     )
 
 
@@ -118,12 +119,17 @@ def build_components(cfg: Config) -> Components:
             max_batch_size=max(64, cfg.data.prompts_per_step * cfg.rollout.group_size),
         )
     else:
+        # vLLM (colocated): one engine per trainer rank over the full, resharded weights (TP=1);
+        # text decoded with the trainer's tokenizer so rewards see what the native engine would give.
         engine = build_engine(
             cfg.rollout.engine,
             hf_path=cfg.model.hf_path,
+            tokenizer=tokenizer,
+            dtype=dtype[cfg.model.params_dtype],
+            tensor_parallel_size=1,
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
             max_model_len=cfg.model.max_position_embeddings,
-            seed=cfg.train.seed,
+            seed=cfg.train.seed + state.dp_rank,
         )
     adapter = get_adapter(cfg.model.preset)
     prompts = build_prompt_source(cfg, tokenizer)
