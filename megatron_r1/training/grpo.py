@@ -37,8 +37,10 @@ def sampling_seed(seed: int, step: int, rank: int) -> int:
 def sync_weights(c: Components) -> None:
     """Megatron shards → full HF-named tensors → the rollout engine, in bounded buckets."""
     bucket_bytes = c.cfg.rollout.weight_sync_bucket_mb * 2**20
+    leader = _is_model_parallel_leader(c)
     for bucket in hf_weight_buckets(c.policy.model, c.state, c.to_hf, bucket_bytes):
-        c.engine.update_weights(bucket)
+        if leader:  # only the first rank of a TP × PP group generates (generate_once)
+            c.engine.update_weights(bucket)
 
 
 def _dp_sum(values: list[float], c: Components) -> list[float]:
@@ -111,7 +113,32 @@ def rollout(c: Components, step: int, rows: list[dict]):
         seed=sampling_seed(c.cfg.train.seed, step, c.state.dp_rank),
     )
     prompt_ids = [c.prompts.encode(row) for row in rows]
-    return prompt_ids, c.engine.generate(prompt_ids, sampling)
+    return prompt_ids, generate_once(c, prompt_ids, sampling)
+
+
+def _is_model_parallel_leader(c: Components) -> bool:
+    if c.state.tp_size * c.state.pp_size == 1:
+        return True
+    from megatron.core import parallel_state as mpu
+
+    return dist.get_global_rank(mpu.get_model_parallel_group(), 0) == c.state.rank
+
+
+def generate_once(c: Components, prompt_ids: list[list[int]], sampling: SamplingParams) -> list:
+    """Generate on the first rank of each model-parallel (TP × PP) group and broadcast to the others, so every
+    rank of a DP replica trains on the same completions (two GPUs need not sample bit-identically)."""
+    s = c.state
+    if s.tp_size * s.pp_size == 1:
+        return c.engine.generate(prompt_ids, sampling) if prompt_ids else []
+    from megatron.core import parallel_state as mpu
+
+    group = mpu.get_model_parallel_group()
+    leader = dist.get_global_rank(group, 0)
+    payload = [None]
+    if s.rank == leader:
+        payload = [c.engine.generate(prompt_ids, sampling) if prompt_ids else []]
+    dist.broadcast_object_list(payload, src=leader, group=group)
+    return payload[0]
 
 
 def update(c: Components, batch: dict[str, torch.Tensor], step: int, total_steps: int) -> dict[str, float]:
@@ -231,7 +258,7 @@ def evaluate(c: Components) -> float:
         seed=sampling_seed(c.cfg.train.seed, -1, c.state.dp_rank),
     )
     c.engine.wake_up()
-    completions = c.engine.generate([c.prompts.encode(r) for r in rows], sampling) if rows else []
+    completions = generate_once(c, [c.prompts.encode(r) for r in rows], sampling)
     c.engine.sleep()
     correct = c.eval_scorer.score(
         [comp.text for comp in completions], [rows[i // e.samples] for i in range(len(completions))]
