@@ -32,7 +32,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, f
     if ckpt is not None:
         start = load_checkpoint(ckpt, c.policy.model, c.optimizer, c.state)["step"]
         log.info("resumed from %s at step %d", ckpt, start)
-    elif cfg.data.source == "arithmetic" and cfg.train.sft_warmup_steps > 0:
+    elif resume:
+        log.warning("--resume: no complete checkpoint in %s; starting from the beginning", run_dir)
+    if ckpt is None and cfg.data.source == "arithmetic" and cfg.train.sft_warmup_steps > 0:
         history = arithmetic_warmup(c, cfg.train.sft_warmup_steps)
         log.info("warm-up: %d SFT steps, final loss %.3f", len(history), history[-1]["sft/loss"])
     sync_weights(c)
