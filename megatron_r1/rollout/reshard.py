@@ -9,7 +9,6 @@ copy of the whole model.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 
 import torch
@@ -17,20 +16,16 @@ import torch.distributed as dist
 
 from megatron_r1.parallel import ParallelState
 
-_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
 
+def _global_names(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(global name, tensor) for this stage: global layer (and expert) indices, the local spec's names
+    (a TE spec's fused-norm names are mapped), parameters plus the MoE router's ``expert_bias`` buffer
+    (aux-loss-free balancing: not a parameter, but the HF checkpoint's ``e_score_correction_bias``)."""
+    from megatron_r1.convert.checkpoint import canonical_name, global_name
 
-def _global_names(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-    """(name with the global layer index, parameter) for this stage."""
-    layers = model.decoder.layers
-    out = []
-    for name, param in model.named_parameters():
-        m = _LAYER.match(name)
-        if m:
-            global_index = layers[int(m.group(1))].layer_number - 1
-            name = f"decoder.layers.{global_index}." + name[m.end() :]
-        out.append((name, param))
-    return out
+    tensors = list(model.named_parameters())
+    tensors += [(n, b) for n, b in model.named_buffers() if n.endswith("router.expert_bias")]
+    return [(canonical_name(global_name(model, name)), t) for name, t in tensors]
 
 
 def _gather_tp(name: str, param: torch.Tensor, state: ParallelState) -> torch.Tensor:
