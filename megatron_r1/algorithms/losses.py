@@ -72,9 +72,3 @@ def aggregate_loss(
     raise ValueError(
         f"unknown loss aggregation {mode!r}; known: token-mean, seq-mean-token-mean, seq-mean-token-sum-norm"
     )
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` [B, T] over positions where ``mask`` is 1 (0 when the mask is empty)."""
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)

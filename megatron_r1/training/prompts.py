@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from megatron_r1.config import Config, ConfigError
 from megatron_r1.data import arithmetic
+from megatron_r1.data.filters import dedup_rows, filter_by_length
 from megatron_r1.data.templates import render_prompt
 
 
@@ -69,7 +70,7 @@ def build_prompt_source(cfg: Config, tokenizer) -> PromptSource:
     else:
         raise ConfigError(f"data.source={d.source!r} is not supported")
     encode = _template(cfg, tokenizer)
-    pool = [r for r in pool if len(encode(r)) <= d.max_prompt_tokens]
+    pool = filter_by_length(dedup_rows(pool), d.max_prompt_tokens, count_tokens=len, render=encode)
     if len(pool) <= d.eval_size:
         raise ConfigError(f"data: only {len(pool)} prompts fit data.max_prompt_tokens; need > data.eval_size")
     rng = random.Random(seed)
