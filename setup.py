@@ -9,7 +9,6 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_r1", "megatron_r1.*"]) + ["megatron_r1.kernels"],
     package_dir={"megatron_r1.kernels": "kernels"},
-    package_data={"megatron_r1": ["examples_configs/*.yaml"]},
     install_requires=[
         "torch>=2.4",
         "megatron-core>=0.16",
