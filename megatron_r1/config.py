@@ -244,7 +244,7 @@ class EvalConfig:
     top_p: float = 1.0
     """Eval nucleus sampling (the paper: 0.95)."""
     samples: int = 1
-    """k samples per eval problem; accuracy is pass@1 = mean correctness."""
+    """k samples per eval problem: eval/accuracy = pass@1 (mean correctness); k > 1 adds pass@k, cons@k."""
 
 
 @dataclass

@@ -16,6 +16,8 @@ import torch.distributed as dist
 
 from megatron_r1 import kernels
 from megatron_r1.algorithms import aggregate_loss, clipped_surrogate, compute_advantages, kl_k3
+from megatron_r1.eval.metrics import summarise
+from megatron_r1.rewards.math_answer import extract_final_answer
 from megatron_r1.rollout.engine import SamplingParams
 from megatron_r1.rollout.reshard import hf_weight_buckets
 from megatron_r1.training.batch import build_batch
@@ -244,12 +246,14 @@ def grpo_step(c: Components, step: int, total_steps: int, timer: PhaseTimer) -> 
     return metrics | train_metrics
 
 
-def evaluate(c: Components) -> float:
-    """Held-out accuracy: k samples per problem (eval.samples), pass@1 = mean correctness."""
+def evaluate(c: Components) -> dict[str, float]:
+    """Held-out evaluation the paper's way: k = eval.samples samples per problem; ``eval/accuracy`` is
+    pass@1 (mean correctness), and with k > 1 also ``eval/pass@k`` and ``eval/cons@k`` (majority vote)."""
     e = c.cfg.eval
+    k = e.samples
     rows = c.prompts.eval_rows[c.state.dp_rank :: c.state.dp_size]
     sampling = SamplingParams(
-        n=e.samples,
+        n=k,
         temperature=e.temperature,
         top_p=e.top_p,
         max_new_tokens=c.cfg.rollout.max_new_tokens,
@@ -260,8 +264,16 @@ def evaluate(c: Components) -> float:
     c.engine.wake_up()
     completions = generate_once(c, [c.prompts.encode(r) for r in rows], sampling)
     c.engine.sleep()
-    correct = c.eval_scorer.score(
-        [comp.text for comp in completions], [rows[i // e.samples] for i in range(len(completions))]
-    ).total
-    total, count = _dp_sum([sum(correct), float(len(completions))], c)
-    return total / max(count, 1.0)
+    texts = [comp.text for comp in completions]
+    correct = c.eval_scorer.score(texts, [rows[i // k] for i in range(len(texts))]).total
+    answers = [extract_final_answer(t) for t in texts]
+    summary = summarise(
+        [answers[i * k : (i + 1) * k] for i in range(len(rows))],
+        [correct[i * k : (i + 1) * k] for i in range(len(rows))],
+    )
+    keys = ["pass@1"] + ([f"pass@{k}", f"cons@{k}"] if k > 1 else [])
+    totals = _dp_sum([summary.get(key, 0.0) * len(rows) for key in keys] + [float(len(rows))], c)
+    problems = max(totals[-1], 1.0)
+    out = {"eval/accuracy": totals[0] / problems}
+    out |= {f"eval/{key}": total / problems for key, total in zip(keys[1:], totals[1:-1])}
+    return out

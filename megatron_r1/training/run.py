@@ -46,8 +46,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, f
     metrics: dict[str, float] = {}
     if start == 0:
         with timer.phase("eval"):
-            accuracy = evaluate(c)
-        writer.log(0, {"eval/accuracy": accuracy} | timer.pop())
+            evaluation = evaluate(c)
+        writer.log(0, evaluation | timer.pop())
     bad = 0
     try:
         for step in range(start, steps):
@@ -55,7 +55,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, f
             done = step + 1
             if (cfg.eval.every and done % cfg.eval.every == 0) or done == steps:
                 with timer.phase("eval"):
-                    metrics["eval/accuracy"] = evaluate(c)
+                    metrics |= evaluate(c)
             times = timer.pop()
             step_time = sum(v for k, v in times.items() if k != "time/eval")
             metrics["tokens_per_s"] = (
