@@ -209,15 +209,23 @@ def grpo_step(c: Components, step: int, total_steps: int, timer: PhaseTimer) -> 
     with timer.phase("weight_sync"):
         sync_weights(c)
 
-    lengths = torch.tensor([len(comp.token_ids) for comp in completions], dtype=torch.float64)
-    acc = torch.tensor(result.components.get(cfg.reward.accuracy, result.total), dtype=torch.float64)
+    metrics = rollout_metrics(c, result, zero_std, [len(comp.token_ids) for comp in completions])
+    metrics["lr"] = lr_at(step, cfg.train, total_steps)
+    return metrics | train_metrics
+
+
+def rollout_metrics(c: Components, result, zero_std: torch.Tensor, lengths: list[int]) -> dict[str, float]:
+    """Reward, length and zero-std-group statistics of this step's rollouts, over all DP replicas."""
+    rewards = result.total_tensor()
+    lengths = torch.tensor(lengths, dtype=torch.float64)
+    acc = torch.tensor(result.components.get(c.cfg.reward.accuracy, result.total), dtype=torch.float64)
     sums = _dp_sum(
         [
             rewards.sum().item(),
             (rewards.double() ** 2).sum().item(),
             acc.sum().item(),
             lengths.sum().item(),
-            float(len(completions)),
+            float(len(lengths)),
             float(zero_std.sum()),
             float(zero_std.numel()),
             float(result.timeouts + result.crashes + result.errors),
@@ -226,7 +234,7 @@ def grpo_step(c: Components, step: int, total_steps: int, timer: PhaseTimer) -> 
     )
     n = sums[4]
     mean = sums[0] / n
-    max_len = lengths.max().reshape(1)
+    max_len = lengths.max().reshape(1).to(c.state.device)
     if c.state.dp_size > 1:
         dist.all_reduce(max_len, op=dist.ReduceOp.MAX, group=c.state.dp_group)
     metrics = {
@@ -237,13 +245,12 @@ def grpo_step(c: Components, step: int, total_steps: int, timer: PhaseTimer) -> 
         "response_length/max": float(max_len),
         "zero_std_groups": sums[5],
         "zero_std_fraction": sums[5] / max(sums[6], 1.0),
-        "lr": lr_at(step, cfg.train, total_steps),
     }
     metrics["reward/failures"] = sums[7]
     names = sorted(result.components)
     for name, total in zip(names, _dp_sum([sum(result.components[k]) for k in names], c)):
         metrics[f"reward/{name}"] = total / n
-    return metrics | train_metrics
+    return metrics
 
 
 def evaluate(c: Components) -> dict[str, float]:
