@@ -40,7 +40,7 @@ def sync_weights(c: Components) -> None:
     """Megatron shards → full HF-named tensors → the rollout engine, in bounded buckets."""
     bucket_bytes = c.cfg.rollout.weight_sync_bucket_mb * 2**20
     leader = _is_model_parallel_leader(c)
-    for bucket in hf_weight_buckets(c.policy.model, c.state, c.to_hf, bucket_bytes):
+    for bucket in hf_weight_buckets(c.model, c.state, c.to_hf, bucket_bytes):
         if leader:  # only the first rank of a TP × PP group generates (generate_once)
             c.engine.update_weights(bucket)
 

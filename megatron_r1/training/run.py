@@ -30,7 +30,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, f
     start = 0
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        start = load_checkpoint(ckpt, c.policy.model, c.optimizer, c.state)["step"]
+        start = load_checkpoint(ckpt, c.model, c.optimizer, c.state)["step"]
         log.info("resumed from %s at step %d", ckpt, start)
     elif resume:
         log.warning("--resume: no complete checkpoint in %s; starting from the beginning", run_dir)
@@ -72,7 +72,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, f
                     f"stopping (last checkpoint: {latest_checkpoint(run_dir)})"
                 )
             if (cfg.train.save_every and done % cfg.train.save_every == 0) or done == steps:
-                save_checkpoint(run_dir, done, c.policy.model, c.optimizer, c.state)
+                save_checkpoint(run_dir, done, c.model, c.optimizer, c.state)
     finally:
         writer.close()
         progress.close()

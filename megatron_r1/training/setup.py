@@ -25,6 +25,8 @@ class Components:
     cfg: Config
     state: ParallelState
     tokenizer: Any
+    model: torch.nn.Module
+    """The bare Megatron GPTModel of this rank's stage (for weight sync and checkpoints)."""
     policy: Policy
     reference: Policy | None
     optimizer: Any
@@ -100,13 +102,13 @@ def build_components(cfg: Config) -> Components:
         from megatron_r1.convert.checkpoint import load_hf_weights
 
         load_hf_weights(model, cfg.model.hf_path, cfg.model)
-    optimizer = build_optimizer(model, cfg.train, state, cfg.parallel.distributed_optimizer)
-    policy = Policy(getattr(optimizer, "model", model), state, cfg.train.logprob_impl)
-
     reference = None
-    if cfg.algorithm.kl_coef > 0:
+    if cfg.algorithm.kl_coef > 0:  # a frozen copy, taken before DDP wraps (and hooks) the policy
         ref_model = copy.deepcopy(model).requires_grad_(False).eval()
         reference = Policy(ref_model, state, cfg.train.logprob_impl)
+    optimizer = build_optimizer(model, cfg.train, state, cfg.parallel.distributed_optimizer)
+    # Forward/backward go through the DDP wrapper on CUDA; weight sync and checkpoints use the bare model.
+    policy = Policy(getattr(optimizer, "model", model), state, cfg.train.logprob_impl)
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if cfg.rollout.engine == "native":
@@ -143,6 +145,7 @@ def build_components(cfg: Config) -> Components:
         cfg=cfg,
         state=state,
         tokenizer=tokenizer,
+        model=model,
         policy=policy,
         reference=reference,
         optimizer=optimizer,
