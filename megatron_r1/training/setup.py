@@ -98,6 +98,9 @@ def build_components(cfg: Config) -> Components:
     _resolve_model_config(cfg, tokenizer)
 
     model = build_model(cfg.model, cfg.parallel, state.is_first_stage, state.is_last_stage).to(state.device)
+    # The losses divide by global token / sequence counts: gradients must be summed, never averaged, over
+    # micro-batches and DP ranks. Megatron's DDP reads this flag when it is built (gradient scaling 1).
+    model.config.calculate_per_token_loss = True
     if cfg.model.hf_path:
         from megatron_r1.convert.checkpoint import load_hf_weights
 
