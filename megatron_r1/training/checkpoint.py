@@ -1,5 +1,6 @@
 """Checkpoints: the model as a Megatron-Core dist_checkpoint (loadable under another TP / PP layout), the
-optimizer and RNG states per rank, and the step (the data position is a pure function of the step).
+optimizer (Megatron's optimizers as a dist_checkpoint too, the CPU optimizer per rank), RNG states per rank,
+and the step (the data position is a pure function of the step).
 
 Layout: ``RUN_DIR/checkpoints/step_000040/{model/, rank_00000.pt, ...}`` and ``latest`` naming the newest
 complete one. A save is written under ``step_N.tmp`` and renamed only once every rank has finished, then
@@ -53,10 +54,21 @@ def save_checkpoint(
     if state.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "model").mkdir(parents=True)
+    sharded_optimizer = hasattr(optimizer, "sharded_state_dict")
+    if state.is_main and sharded_optimizer:
+        (tmp / "optimizer").mkdir()
     dist.barrier()
-    dist_checkpointing.save(model.sharded_state_dict(), str(tmp / "model"))
+    model_sd = model.sharded_state_dict()
+    dist_checkpointing.save(model_sd, str(tmp / "model"))
+    if sharded_optimizer:  # Megatron's optimizers (the distributed one shards its state over DP ranks)
+        dist_checkpointing.save(optimizer.sharded_state_dict(model_sd), str(tmp / "optimizer"))
     torch.save(
-        {"step": step, "optimizer": optimizer.state_dict(), "rng": _rng_state(), "extra": extra or {}},
+        {
+            "step": step,
+            "optimizer": None if sharded_optimizer else optimizer.state_dict(),
+            "rng": _rng_state(),
+            "extra": extra or {},
+        },
         tmp / f"rank_{state.rank:05d}.pt",
     )
     dist.barrier()
@@ -91,6 +103,10 @@ def load_checkpoint(path: str | Path, model, optimizer, state: ParallelState) ->
     loaded = dist_checkpointing.load(model.sharded_state_dict(), str(path / "model"))
     model.load_state_dict(loaded, strict=False)
     blob = torch.load(rank_file, weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
+    if blob["optimizer"] is None:
+        template = optimizer.sharded_state_dict(model.sharded_state_dict(), is_loading=True)
+        optimizer.load_state_dict(dist_checkpointing.load(template, str(path / "optimizer")))
+    else:
+        optimizer.load_state_dict(blob["optimizer"])
     _set_rng_state(blob["rng"])
     return {"step": blob["step"], "extra": blob["extra"]}

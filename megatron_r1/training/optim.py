@@ -165,6 +165,9 @@ class MegatronOptimizer:
         self.zero_grad()
         return float(grad_norm if grad_norm is not None else float("nan")), bool(stepped)
 
+    def sharded_state_dict(self, model_sharded_state_dict: dict, is_loading: bool = False) -> dict:
+        return self.optimizer.sharded_state_dict(model_sharded_state_dict, is_loading=is_loading)
+
     def state_dict(self) -> dict:
         return self.optimizer.state_dict()
 
