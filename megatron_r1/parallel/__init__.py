@@ -30,6 +30,8 @@ class ParallelState:
     dp_rank: int
     dp_size: int
     device: torch.device
+    mp_leader: bool
+    """First rank of its TP × PP (model-parallel) group: the one that runs the rollout engine."""
     tp_group: object
     pp_group: object
     dp_group: object
@@ -92,6 +94,7 @@ def init_distributed(cfg: ParallelConfig, seed: int = 1234) -> ParallelState:
         dp_rank=mpu.get_data_parallel_rank(),
         dp_size=mpu.get_data_parallel_world_size(),
         device=torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu"),
+        mp_leader=dist.get_global_rank(mpu.get_model_parallel_group(), 0) == dist.get_rank(),
         tp_group=mpu.get_tensor_model_parallel_group(),
         pp_group=mpu.get_pipeline_model_parallel_group(),
         dp_group=mpu.get_data_parallel_group(),

@@ -161,3 +161,21 @@ def build_engine(name: str, **kwargs: Any) -> Engine:
         if name not in _REGISTRY:
             raise RuntimeError(f"importing {_LAZY[name]} did not register rollout engine {name!r}")
     return _REGISTRY[name](**kwargs)
+
+
+class IdleEngine:
+    """The engine of a rank that never generates (every rank of a TP × PP group but the first, which
+    generates and broadcasts): holds no weights, and sleep / wake / weight updates do nothing."""
+
+    def generate(self, prompts_token_ids: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        raise RuntimeError("this rank holds no rollout engine: generation runs on its model-parallel leader")
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        for _ in named_tensors:
+            pass
+
+    def sleep(self) -> None:
+        pass
+
+    def wake_up(self) -> None:
+        pass

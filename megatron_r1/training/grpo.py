@@ -39,10 +39,8 @@ def sampling_seed(seed: int, step: int, rank: int) -> int:
 def sync_weights(c: Components) -> None:
     """Megatron shards → full HF-named tensors → the rollout engine, in bounded buckets."""
     bucket_bytes = c.cfg.rollout.weight_sync_bucket_mb * 2**20
-    leader = _is_model_parallel_leader(c)
     for bucket in hf_weight_buckets(c.model, c.state, c.to_hf, bucket_bytes):
-        if leader:  # only the first rank of a TP × PP group generates (generate_once)
-            c.engine.update_weights(bucket)
+        c.engine.update_weights(bucket)  # an IdleEngine off the model-parallel leader: every rank gathers
 
 
 def _dp_sum(values: list[float], c: Components) -> list[float]:
@@ -118,14 +116,6 @@ def rollout(c: Components, step: int, rows: list[dict]):
     return prompt_ids, generate_once(c, prompt_ids, sampling)
 
 
-def _is_model_parallel_leader(c: Components) -> bool:
-    if c.state.tp_size * c.state.pp_size == 1:
-        return True
-    from megatron.core import parallel_state as mpu
-
-    return dist.get_global_rank(mpu.get_model_parallel_group(), 0) == c.state.rank
-
-
 def generate_once(c: Components, prompt_ids: list[list[int]], sampling: SamplingParams) -> list:
     """Generate on the first rank of each model-parallel (TP × PP) group and broadcast to the others, so every
     rank of a DP replica trains on the same completions (two GPUs need not sample bit-identically)."""
@@ -137,7 +127,7 @@ def generate_once(c: Components, prompt_ids: list[list[int]], sampling: Sampling
     group = mpu.get_model_parallel_group()
     leader = dist.get_global_rank(group, 0)
     payload = [None]
-    if s.rank == leader:
+    if s.mp_leader:
         payload = [c.engine.generate(prompt_ids, sampling) if prompt_ids else []]
     dist.broadcast_object_list(payload, src=leader, group=group)
     return payload[0]

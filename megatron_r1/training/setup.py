@@ -88,7 +88,7 @@ def build_components(cfg: Config) -> Components:
     from megatron_r1.config import validate
     from megatron_r1.convert import get_adapter
     from megatron_r1.models import build_model
-    from megatron_r1.rollout.engine import build_engine
+    from megatron_r1.rollout.engine import IdleEngine, build_engine
 
     if not torch.cuda.is_available() and cfg.train.cpu_threads > 0:
         torch.set_num_threads(cfg.train.cpu_threads)
@@ -114,7 +114,9 @@ def build_components(cfg: Config) -> Components:
     policy = Policy(getattr(optimizer, "model", model), state, cfg.train.logprob_impl)
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if cfg.rollout.engine == "native":
+    if not state.mp_leader:  # only the first rank of a TP × PP group generates (grpo.generate_once)
+        engine = IdleEngine()
+    elif cfg.rollout.engine == "native":
         engine = build_engine(
             "native",
             model_config=native_engine_config(cfg),
