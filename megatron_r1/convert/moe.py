@@ -18,8 +18,8 @@ import torch
 from megatron_r1.config import ModelConfig
 from megatron_r1.convert import dense
 
-_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
-_HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+_LAYER = dense._LAYER
+_HF_LAYER = dense._HF_LAYER
 
 # Megatron suffix → HF suffix, one to one (local and TE spellings).
 _MLA = {
