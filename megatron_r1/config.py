@@ -115,6 +115,8 @@ class ParallelConfig:
     """Tensor-parallel size (must divide heads and KV groups)."""
     pipeline_parallel: int = 1
     """Pipeline-parallel size (must divide the layers)."""
+    expert_parallel: int = 1
+    """Expert-parallel size (MoE): the experts are split over this many ranks of the data-parallel group."""
     backend: str = "auto"
     """auto | nccl | gloo: torch.distributed backend; auto = nccl with CUDA, gloo without."""
     distributed_optimizer: bool = False
@@ -399,6 +401,7 @@ _POSITIVE = (
     ("model", "num_query_groups"),
     ("parallel", "tensor_parallel"),
     ("parallel", "pipeline_parallel"),
+    ("parallel", "expert_parallel"),
     ("rollout", "group_size"),
     ("rollout", "max_new_tokens"),
     ("data", "prompts_per_step"),
@@ -442,6 +445,16 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         raise ConfigError(
             f"world size {world_size} is not divisible by tensor_parallel × pipeline_parallel = "
             f"{p.tensor_parallel} × {p.pipeline_parallel}"
+        )
+    dp_size = world_size // (p.tensor_parallel * p.pipeline_parallel) if world_size is not None else None
+    if dp_size is not None and dp_size % p.expert_parallel:
+        raise ConfigError(
+            f"parallel.expert_parallel={p.expert_parallel} must divide the data-parallel size {dp_size}"
+        )
+    ep = p.expert_parallel
+    if ep > 1 and m.hf_path is None and (m.num_experts == 0 or m.num_experts % ep):
+        raise ConfigError(
+            f"parallel.expert_parallel={p.expert_parallel} must divide model.num_experts={m.num_experts}"
         )
     if not 0 <= cfg.algorithm.clip_low < 1 or cfg.algorithm.clip_high < 0:
         raise ConfigError("algorithm.clip_low must be in [0, 1) and algorithm.clip_high >= 0")

@@ -72,3 +72,14 @@ def test_float_fields_accept_exponent_notation_and_reject_junk():
     assert load_config(None, ["train.lr=1e-3"]).train.lr == 1e-3
     with pytest.raises(ConfigError, match=r"train\.lr: expected float"):
         load_config(None, ["train.lr=fast"])
+
+
+def test_expert_parallel_must_divide_dp_and_experts():
+    cfg = Config()
+    cfg.parallel.expert_parallel = 2
+    with pytest.raises(ConfigError, match="must divide model.num_experts=0"):
+        validate(cfg)
+    cfg.model.num_experts = 4
+    validate(cfg, world_size=2)
+    with pytest.raises(ConfigError, match="must divide the data-parallel size 3"):
+        validate(cfg, world_size=3)

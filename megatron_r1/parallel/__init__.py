@@ -35,6 +35,8 @@ class ParallelState:
     tp_group: object
     pp_group: object
     dp_group: object
+    ep_size: int = 1
+    """Expert-parallel size (ranks of the DP group that split the experts)."""
 
     @property
     def is_first_stage(self) -> bool:
@@ -83,7 +85,15 @@ def init_distributed(cfg: ParallelConfig, seed: int = 1234) -> ParallelState:
         )
     if mpu.model_parallel_is_initialized():
         mpu.destroy_model_parallel()
-    mpu.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    ep = cfg.expert_parallel
+    if (world // (tp * pp)) % ep:
+        from megatron_r1.config import ConfigError
+
+        dp = world // (tp * pp)
+        raise ConfigError(f"parallel.expert_parallel={ep} must divide the data-parallel size {dp}")
+    mpu.initialize_model_parallel(
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, expert_model_parallel_size=ep
+    )
     state = ParallelState(
         rank=dist.get_rank(),
         world_size=world,
@@ -98,6 +108,7 @@ def init_distributed(cfg: ParallelConfig, seed: int = 1234) -> ParallelState:
         tp_group=mpu.get_tensor_model_parallel_group(),
         pp_group=mpu.get_pipeline_model_parallel_group(),
         dp_group=mpu.get_data_parallel_group(),
+        ep_size=ep,
     )
     seed_model_parallel(seed, state, use_cuda)
     return state

@@ -9,6 +9,7 @@ copy of the whole model.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 
 import torch
@@ -41,29 +42,50 @@ def _gather_tp(name: str, param: torch.Tensor, state: ParallelState) -> torch.Te
     return torch.cat(shards, dim=dim)
 
 
+_EXPERT = re.compile(r"\.experts\.local_experts\.(\d+)\.")
+
+
+def _stage_tensors(model: torch.nn.Module, state: ParallelState) -> Iterator[tuple[str, torch.Tensor]]:
+    """This stage's full tensors: TP shards gathered, and under expert parallelism every EP rank's experts
+    (gathered over the EP group, renamed to their global expert index)."""
+    from megatron_r1.convert.checkpoint import _expert_layout
+
+    first, local = _expert_layout(model)
+    ep_group = None
+    if state.ep_size > 1:
+        from megatron.core import parallel_state as mpu
+
+        ep_group = mpu.get_expert_model_parallel_group()
+    for name, param in _global_names(model):
+        full = _gather_tp(name, param, state)
+        if ep_group is None or getattr(param, "allreduce", True):
+            yield name, full
+            continue
+        parts = [torch.empty_like(full) for _ in range(state.ep_size)]
+        dist.all_gather(parts, full.contiguous(), group=ep_group)
+        offset = int(_EXPERT.search(name).group(1)) - first
+        for rank, part in enumerate(parts):
+            yield _EXPERT.sub(f".experts.local_experts.{rank * local + offset}.", name), part
+
+
 def full_megatron_tensors(model: torch.nn.Module, state: ParallelState) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every full Megatron tensor (global names), on every rank, stage by stage."""
-    local = _global_names(model)
+    """Every full Megatron tensor (global names), on every rank, stage by stage: the owning stage's ranks
+    gather each tensor and broadcast its name, shape and dtype, then the tensor, to the other stages."""
+    if state.pp_size == 1:
+        yield from _stage_tensors(model, state)
+        return
     for stage in range(state.pp_size):
-        if state.pp_size == 1:
-            for name, param in local:
-                yield name, _gather_tp(name, param, state)
-            return
-        meta = [[(n, tuple(p.shape), p.dtype) for n, p in local]] if state.pp_rank == stage else [None]
         src = dist.get_global_rank(state.pp_group, stage)
-        dist.broadcast_object_list(meta, src=src, group=state.pp_group)
-        owned = dict(local) if state.pp_rank == stage else {}
-        for name, _shape, dtype in meta[0]:
-            if state.pp_rank == stage:
-                full = _gather_tp(name, owned[name], state).contiguous()
-                shape = torch.tensor(full.shape)
-            else:
-                shape = torch.zeros(len(_shape), dtype=torch.long)
-            # The full shape differs from the shard's under TP: send it first.
-            shape = shape.to(state.device)
-            dist.broadcast(shape, src=src, group=state.pp_group)
-            if state.pp_rank != stage:
-                full = torch.empty(tuple(shape.tolist()), dtype=dtype, device=state.device)
+        owner = state.pp_rank == stage
+        stream = _stage_tensors(model, state) if owner else None
+        while True:
+            item = next(stream, None) if owner else None
+            meta = [None if item is None else (item[0], tuple(item[1].shape), item[1].dtype)]
+            dist.broadcast_object_list(meta, src=src, group=state.pp_group)
+            if meta[0] is None:
+                break
+            name, shape, dtype = meta[0]
+            full = item[1].contiguous() if owner else torch.empty(shape, dtype=dtype, device=state.device)
             dist.broadcast(full, src=src, group=state.pp_group)
             yield name, full
 

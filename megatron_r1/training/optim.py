@@ -59,10 +59,18 @@ class LocalOptimizer:
             self._reduce_tied_embedding_grads()
         if self.state.dp_size == 1:
             return
+        expert_dp = None
+        if self.state.ep_size > 1:
+            from megatron.core import parallel_state as mpu
+
+            expert_dp = mpu.get_expert_data_parallel_group()
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad, group=self.state.dp_group)
+            # Expert weights (``allreduce=False`` under EP) are replicated only across the expert-DP group.
+            group = self.state.dp_group if getattr(p, "allreduce", True) else expert_dp
+            if group is not None and dist.get_world_size(group) > 1:
+                dist.all_reduce(p.grad, group=group)
 
     def _reduce_tied_embedding_grads(self) -> None:
         """Tied embeddings under PP: the first stage's embedding and the last stage's output layer are copies
@@ -79,17 +87,24 @@ class LocalOptimizer:
     def grad_norm(self) -> float:
         tp_sq = torch.zeros((), dtype=torch.float64)
         rep_sq = torch.zeros((), dtype=torch.float64)
+        expert_sq = torch.zeros((), dtype=torch.float64)
         for p in self.params:
             if p.grad is None or getattr(p, "shared", False):  # the last stage's tied copy: counted once
                 continue
             sq = p.grad.detach().double().pow(2).sum()
-            if getattr(p, "tensor_model_parallel", False):
+            if not getattr(p, "allreduce", True):  # an expert shard of this EP rank
+                expert_sq += sq
+            elif getattr(p, "tensor_model_parallel", False):
                 tp_sq += sq
             else:
                 rep_sq += sq
         if self.state.tp_size > 1:
             dist.all_reduce(tp_sq, group=self.state.tp_group)
-        total = tp_sq + rep_sq
+        if self.state.ep_size > 1:
+            from megatron.core import parallel_state as mpu
+
+            dist.all_reduce(expert_sq, group=mpu.get_expert_tensor_and_model_parallel_group())
+        total = tp_sq + rep_sq + expert_sq
         if self.state.pp_size > 1:
             dist.all_reduce(total, group=self.state.pp_group)
         return float(total.sqrt())
