@@ -41,7 +41,11 @@ def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
     subprocess.run(_cli(straight), check=True, env=env, capture_output=True, timeout=600)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own session, so SIGKILL reaches the whole job (the trainer and the helper process that
+    # dist_checkpointing spawns), as a scheduler or the OOM killer of a job would; nothing is left running.
+    proc = subprocess.Popen(
+        _cli(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     latest = killed / "checkpoints" / "latest"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
@@ -49,7 +53,7 @@ def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (killed / "checkpoints" / "step_000004" / "rank_00000.pt").is_file()
 
