@@ -43,9 +43,16 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def save_checkpoint(
-    run_dir: str | Path, step: int, model, optimizer, state: ParallelState, extra: dict | None = None
+    run_dir: str | Path,
+    step: int,
+    model,
+    optimizer,
+    state: ParallelState,
+    extra: dict | None = None,
+    reference=None,
 ) -> Path:
-    """Save everything needed to resume at ``step``; returns the checkpoint directory."""
+    """Save everything needed to resume at ``step`` (with the frozen KL ``reference`` model, if any);
+    returns the checkpoint directory."""
     from megatron.core import dist_checkpointing
 
     root = Path(run_dir) / "checkpoints"
@@ -57,9 +64,13 @@ def save_checkpoint(
     sharded_optimizer = hasattr(optimizer, "sharded_state_dict")
     if state.is_main and sharded_optimizer:
         (tmp / "optimizer").mkdir()
+    if state.is_main and reference is not None:
+        (tmp / "reference").mkdir()
     dist.barrier()
     model_sd = model.sharded_state_dict()
     dist_checkpointing.save(model_sd, str(tmp / "model"))
+    if reference is not None:
+        dist_checkpointing.save(reference.sharded_state_dict(), str(tmp / "reference"))
     if sharded_optimizer:  # Megatron's optimizers (the distributed one shards its state over DP ranks)
         dist_checkpointing.save(optimizer.sharded_state_dict(model_sd), str(tmp / "optimizer"))
     torch.save(
@@ -92,8 +103,8 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: str | Path, model, optimizer, state: ParallelState) -> dict:
-    """Restore model, optimizer and RNG states in place; returns {"step", "extra"}."""
+def load_checkpoint(path: str | Path, model, optimizer, state: ParallelState, reference=None) -> dict:
+    """Restore model, optimizer, RNG states (and the KL ``reference``) in place; returns step and extra."""
     from megatron.core import dist_checkpointing
 
     path = Path(path)
@@ -102,6 +113,13 @@ def load_checkpoint(path: str | Path, model, optimizer, state: ParallelState) ->
         raise FileNotFoundError(f"{rank_file}: missing (checkpoint saved with another world size?)")
     loaded = dist_checkpointing.load(model.sharded_state_dict(), str(path / "model"))
     model.load_state_dict(loaded, strict=False)
+    if reference is not None:
+        if not (path / "reference").is_dir():
+            raise FileNotFoundError(
+                f"{path / 'reference'}: missing (checkpoint saved without a KL reference)"
+            )
+        ref_loaded = dist_checkpointing.load(reference.sharded_state_dict(), str(path / "reference"))
+        reference.load_state_dict(ref_loaded, strict=False)
     blob = torch.load(rank_file, weights_only=False)
     if blob["optimizer"] is None:
         template = optimizer.sharded_state_dict(model.sharded_state_dict(), is_loading=True)

@@ -12,7 +12,7 @@ from megatron_r1.config import Config
 from megatron_r1.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from megatron_r1.training.grpo import TrainingError, evaluate, grpo_step, sync_weights
 from megatron_r1.training.metrics import MetricsWriter, PhaseTimer, Progress
-from megatron_r1.training.setup import build_components
+from megatron_r1.training.setup import build_components, snapshot_reference
 from megatron_r1.training.sft import arithmetic_warmup
 
 log = logging.getLogger(__name__)
@@ -28,15 +28,18 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, f
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     start = 0
+    reference = c.reference.model if c.reference is not None else None
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        start = load_checkpoint(ckpt, c.model, c.optimizer, c.state)["step"]
+        start = load_checkpoint(ckpt, c.model, c.optimizer, c.state, reference=reference)["step"]
         log.info("resumed from %s at step %d", ckpt, start)
     elif resume:
         log.warning("--resume: no complete checkpoint in %s; starting from the beginning", run_dir)
-    if ckpt is None and cfg.data.source == "arithmetic" and cfg.train.sft_warmup_steps > 0:
-        history = arithmetic_warmup(c, cfg.train.sft_warmup_steps)
-        log.info("warm-up: %d SFT steps, final loss %.3f", len(history), history[-1]["sft/loss"])
+    if ckpt is None:
+        if cfg.data.source == "arithmetic" and cfg.train.sft_warmup_steps > 0:
+            history = arithmetic_warmup(c, cfg.train.sft_warmup_steps)
+            log.info("warm-up: %d SFT steps, final loss %.3f", len(history), history[-1]["sft/loss"])
+        snapshot_reference(c)
     sync_weights(c)
 
     steps = cfg.train.steps
@@ -72,7 +75,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, f
                     f"stopping (last checkpoint: {latest_checkpoint(run_dir)})"
                 )
             if (cfg.train.save_every and done % cfg.train.save_every == 0) or done == steps:
-                save_checkpoint(run_dir, done, c.model, c.optimizer, c.state)
+                save_checkpoint(run_dir, done, c.model, c.optimizer, c.state, reference=reference)
     finally:
         writer.close()
         progress.close()

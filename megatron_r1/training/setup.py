@@ -3,7 +3,6 @@ on Megatron-Core, optimizer, rollout engine, prompt source."""
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -106,9 +105,11 @@ def build_components(cfg: Config) -> Components:
 
         load_hf_weights(model, cfg.model.hf_path, cfg.model)
     reference = None
-    if cfg.algorithm.kl_coef > 0:  # a frozen copy, taken before DDP wraps (and hooks) the policy
-        ref_model = copy.deepcopy(model).requires_grad_(False).eval()
-        reference = Policy(ref_model, state, cfg.train.logprob_impl)
+    if cfg.algorithm.kl_coef > 0:  # the frozen reference; its weights are set by snapshot_reference()
+        ref_model = build_model(cfg.model, cfg.parallel, state.is_first_stage, state.is_last_stage)
+        reference = Policy(
+            ref_model.to(state.device).requires_grad_(False).eval(), state, cfg.train.logprob_impl
+        )
     optimizer = build_optimizer(model, cfg.train, state, cfg.parallel.distributed_optimizer)
     # Forward/backward go through the DDP wrapper on CUDA; weight sync and checkpoints use the bare model.
     policy = Policy(getattr(optimizer, "model", model), state, cfg.train.logprob_impl)
@@ -160,3 +161,9 @@ def build_components(cfg: Config) -> Components:
         eval_scorer=eval_scorer,
         to_hf=lambda name, tensor: adapter.to_hf(name, tensor, cfg.model),
     )
+
+
+def snapshot_reference(c: Components) -> None:
+    """Freeze the current policy as the KL reference π_ref (the base model the run starts from)."""
+    if c.reference is not None:
+        c.reference.model.load_state_dict(c.model.state_dict())

@@ -35,17 +35,18 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("options", [[], ["algorithm.kl_coef=0.05"]], ids=["no-kl", "kl-reference"])
+def test_kill_9_then_resume_matches_uninterrupted(tmp_path, options):
+    """With a KL term the frozen reference must come back from the checkpoint too (not the resumed policy)."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     straight = tmp_path / "straight"
-    subprocess.run(_cli(straight), check=True, env=env, capture_output=True, timeout=600)
+    subprocess.run(_cli(straight, *options), check=True, env=env, capture_output=True, timeout=600)
 
     killed = tmp_path / "killed"
     # Its own session, so SIGKILL reaches the whole job (the trainer and the helper process that
     # dist_checkpointing spawns), as a scheduler or the OOM killer of a job would; nothing is left running.
-    proc = subprocess.Popen(
-        _cli(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc = subprocess.Popen(_cli(killed, *options), env=env, start_new_session=True, **quiet)
     latest = killed / "checkpoints" / "latest"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
@@ -57,7 +58,7 @@ def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
     proc.wait()
     assert (killed / "checkpoints" / "step_000004" / "rank_00000.pt").is_file()
 
-    subprocess.run(_cli(killed, "--resume"), check=True, env=env, capture_output=True, timeout=600)
+    subprocess.run(_cli(killed, "--resume", *options), check=True, env=env, capture_output=True, timeout=600)
     a, b = _metrics(straight), _metrics(killed)
     assert [r["step"] for r in b] == [0, 1, 2, 3, 4, 5, 6]
     assert a == b
