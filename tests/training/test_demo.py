@@ -49,3 +49,32 @@ def test_cli_accepts_overrides_after_options(tmp_path, monkeypatch):
     assert seen["config"] is None and seen["overrides"] == ["x.y=3"]
     with pytest.raises(SystemExit):
         cli.main(["train", "--no-such-flag"])
+
+
+@pytest.mark.slow
+def test_algorithm_options_end_to_end(tmp_path):
+    """KL to the reference, several PPO epochs (ratio ≠ 1, clipping), DAPO's dynamic-sampling filter and
+    overlong shaping, Dr.GRPO advantages and aggregation: all run through the real loop."""
+    overrides = [
+        "train.steps=3",
+        "train.sft_warmup_steps=50",
+        "algorithm.kl_coef=0.05",
+        "algorithm.ppo_epochs=2",
+        "algorithm.drop_zero_std_groups=true",
+        "algorithm.overlong_buffer=8",
+        "algorithm.loss_agg=seq-mean-token-sum-norm",
+        "algorithm.advantage=dr_grpo",
+        "algorithm.clip_high=0.28",
+        "rollout.max_new_tokens=32",
+        "train.lr=1e-2",
+        "eval.every=0",
+        "log.progress=false",
+        "log.tensorboard=false",
+    ]
+    assert main(["train", "--run-dir", str(tmp_path), *overrides]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][1:]
+    assert all(r["skipped"] == 0.0 for r in rows)
+    assert all(r["kl"] > 0 for r in rows)  # the second epoch moved away from the reference
+    assert max(r["clip_fraction"] for r in rows) > 0
+    assert all("reward/overlong" in r for r in rows)
+    assert (tmp_path / "checkpoints" / "step_000003" / "reference").is_dir()
