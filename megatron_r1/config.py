@@ -447,6 +447,11 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
             f"{p.tensor_parallel} × {p.pipeline_parallel}"
         )
     dp_size = world_size // (p.tensor_parallel * p.pipeline_parallel) if world_size is not None else None
+    if dp_size is not None and cfg.data.prompts_per_step % dp_size:
+        raise ConfigError(
+            f"data.prompts_per_step={cfg.data.prompts_per_step} must be divisible by the data-parallel size "
+            f"{dp_size} (each replica generates whole groups for its share of the prompts)"
+        )
     if dp_size is not None and dp_size % p.expert_parallel:
         raise ConfigError(
             f"parallel.expert_parallel={p.expert_parallel} must divide the data-parallel size {dp_size}"

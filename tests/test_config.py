@@ -81,5 +81,14 @@ def test_expert_parallel_must_divide_dp_and_experts():
         validate(cfg)
     cfg.model.num_experts = 4
     validate(cfg, world_size=2)
-    with pytest.raises(ConfigError, match="must divide the data-parallel size 3"):
+    cfg.data.prompts_per_step = 3
+    with pytest.raises(ConfigError, match="expert_parallel=2 must divide the data-parallel size 3"):
         validate(cfg, world_size=3)
+
+
+def test_prompts_per_step_must_split_over_data_parallel_ranks():
+    cfg = Config()
+    cfg.data.prompts_per_step = 6
+    validate(cfg, world_size=2)
+    with pytest.raises(ConfigError, match="prompts_per_step=6 must be divisible by the data-parallel size 4"):
+        validate(cfg, world_size=4)

@@ -4,6 +4,7 @@ warm-up that turns a random model into a base that is sometimes right. Loss: mea
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 
@@ -55,12 +56,13 @@ def arithmetic_warmup(c: Components, steps: int) -> list[dict[str, float]]:
     t = c.cfg.train
     rng = random.Random(t.seed + 17 + 7919 * c.state.dp_rank)
     eos = [c.tokenizer.eos_token_id]
+    schedule = dataclasses.replace(t, lr=t.sft_lr, warmup_steps=10, lr_schedule="constant")
     history = []
     for step in range(steps):
         pairs = []
         for _ in range(t.sft_batch_size):
             prompt, completion = warmup_example(rng, c.cfg.data.digits, c.cfg.data.carry_noise)
             pairs.append((c.tokenizer.encode(prompt), c.tokenizer.encode(completion) + eos))
-        lr = lr_at(step, t.__class__(lr=t.sft_lr, warmup_steps=10, lr_schedule="constant"), steps)
+        lr = lr_at(step, schedule, steps)
         history.append(sft_step(c, sft_batch(pairs, c.tokenizer.pad_token_id), lr))
     return history
