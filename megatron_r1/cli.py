@@ -16,6 +16,8 @@ def _train(args: argparse.Namespace) -> None:
     from megatron_r1.training.run import train
 
     cfg = load_config(args.config, args.overrides)
+    if int(os.environ.get("RANK", "0")) == 0:
+        logging.getLogger().setLevel(cfg.log.level)
     run_dir = args.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     metrics = train(cfg, run_dir, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     _split_config_arg(args)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(
-        level=os.environ.get("MEGATRON_R1_LOG", "INFO") if main_rank else "WARNING",
+        level="INFO" if main_rank else "WARNING",
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     for noisy in ("megatron", "torch.distributed"):

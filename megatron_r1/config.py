@@ -178,7 +178,7 @@ class RewardConfig:
 @dataclass
 class DataConfig:
     source: str = "arithmetic"
-    """Prompt source: arithmetic (built-in generator) | jsonl | reasoning_gym."""
+    """Prompt source: arithmetic (built-in generator) | jsonl | reasoning_gym | humaneval."""
     path: str | None = None
     """JSONL file for source=jsonl."""
     task: str = "basic_arithmetic"
@@ -256,7 +256,7 @@ class LogConfig:
     progress: bool = True
     """Console progress bar with ETA."""
     level: str = "INFO"
-    """Python logging level."""
+    """Python logging level of rank 0 (other ranks log warnings and errors only)."""
 
 
 @dataclass
@@ -387,7 +387,7 @@ _CHOICES = {
     ("rollout", "engine"): ("native", "vllm"),
     ("algorithm", "advantage"): ("grpo", "dr_grpo"),
     ("algorithm", "loss_agg"): ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
-    ("data", "source"): ("arithmetic", "jsonl", "reasoning_gym"),
+    ("data", "source"): ("arithmetic", "jsonl", "reasoning_gym", "humaneval"),
     ("data", "template"): ("r1_zero", "chat", "plain"),
     ("train", "lr_schedule"): ("constant", "cosine", "linear"),
     ("train", "logprob_impl"): ("auto", "triton", "torch"),

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from megatron_r1.config import Config, ConfigError
 from megatron_r1.data import arithmetic
 from megatron_r1.data.filters import dedup_rows, filter_by_length
+from megatron_r1.data.sources import load_source
 from megatron_r1.data.templates import render_prompt
 
 
@@ -59,16 +60,11 @@ def build_prompt_source(cfg: Config, tokenizer) -> PromptSource:
             return out
 
         return PromptSource(rows, held_out, _template(cfg, tokenizer))
-    if d.source == "jsonl":
-        from megatron_r1.data.jsonl import read_jsonl
-
-        pool = read_jsonl(d.path)
-    elif d.source == "reasoning_gym":
-        from megatron_r1.data.sources import reasoning_gym_rows
-
-        pool = reasoning_gym_rows(d.task, size=max(1000, d.eval_size * 10), seed=seed)
-    else:
-        raise ConfigError(f"data.source={d.source!r} is not supported")
+    source_options = {
+        "jsonl": {"path": d.path},
+        "reasoning_gym": {"task": d.task, "size": max(1000, d.eval_size * 10), "seed": seed},
+    }
+    pool = load_source(d.source, **source_options.get(d.source, {}))
     encode = _template(cfg, tokenizer)
     pool = filter_by_length(dedup_rows(pool), d.max_prompt_tokens, count_tokens=len, render=encode)
     if len(pool) <= d.eval_size:
