@@ -7,8 +7,7 @@ setup(
     version="0.1.0",
     description="GRPO / DeepSeek-R1 post-training on Megatron-Core with colocated rollouts",
     python_requires=">=3.10",
-    packages=find_packages(include=["megatron_r1", "megatron_r1.*"]) + ["megatron_r1.kernels"],
-    package_dir={"megatron_r1.kernels": "kernels"},
+    packages=find_packages(include=["megatron_r1", "megatron_r1.*"]),
     install_requires=[
         "torch>=2.4",
         "megatron-core>=0.16",

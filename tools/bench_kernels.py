@@ -45,6 +45,7 @@ if args.cpu_small:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402
+
 from megatron_r1.kernels import (  # noqa: E402
     grpo_loss,
     grpo_loss_reference,

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+
 from megatron_r1.kernels import triton_available
 
 STATS_SIG = {
@@ -72,10 +73,11 @@ KERNELS = [
 def compile_all() -> None:
     """Compile every kernel with its optional branches on, for an H100 (sm_90)."""
     import triton
-    from megatron_r1.kernels import _triton_kernels
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
+
+    from megatron_r1.kernels import _triton_kernels
 
     for name, signature, (block_name, block) in KERNELS:
         names = list(signature)

@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+
 from megatron_r1.kernels import (
     grpo_loss,
     grpo_loss_reference,

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from megatron_r1.kernels import grpo_loss, grpo_loss_reference, triton_available
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")

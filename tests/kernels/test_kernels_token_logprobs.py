@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+
 from megatron_r1.kernels import token_logprobs, token_logprobs_reference, triton_available
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")

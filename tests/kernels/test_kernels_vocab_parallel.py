@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
 from megatron_r1.kernels import token_logprobs, token_logprobs_reference, triton_available
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
