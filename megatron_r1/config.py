@@ -117,6 +117,12 @@ class ParallelConfig:
     """Pipeline-parallel size (must divide the layers)."""
     expert_parallel: int = 1
     """Expert-parallel size (MoE): the experts are split over this many ranks of the data-parallel group."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism (needs tensor_parallel > 1; required for MoE with TP > 1): norms, dropout
+    and the MoE router run on 1/TP of the tokens; sequences are padded to a multiple of TP."""
+    context_parallel: int = 1
+    """Context-parallel size: each sequence split over this many ranks (2 × CP load-balanced chunks,
+    Megatron's CP groups). Needs Transformer Engine's attention (CUDA); the local layer spec cannot do it."""
     backend: str = "auto"
     """auto | nccl | gloo: torch.distributed backend; auto = nccl with CUDA, gloo without."""
     distributed_optimizer: bool = False
@@ -402,6 +408,7 @@ _POSITIVE = (
     ("parallel", "tensor_parallel"),
     ("parallel", "pipeline_parallel"),
     ("parallel", "expert_parallel"),
+    ("parallel", "context_parallel"),
     ("rollout", "group_size"),
     ("rollout", "max_new_tokens"),
     ("data", "prompts_per_step"),
@@ -426,7 +433,7 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
                 f"model.num_query_groups={m.num_query_groups} must divide "
                 f"model.num_attention_heads={m.num_attention_heads}"
             )
-        if m.kv_channels is None and m.hidden_size % m.num_attention_heads:
+        if m.kv_channels is None and not m.multi_latent_attention and m.hidden_size % m.num_attention_heads:
             raise ConfigError(
                 f"model.num_attention_heads={m.num_attention_heads} must divide "
                 f"model.hidden_size={m.hidden_size} (or set model.kv_channels)"
@@ -441,12 +448,13 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
                 f"parallel.pipeline_parallel={p.pipeline_parallel} must divide "
                 f"model.num_layers={m.num_layers}"
             )
-    if world_size is not None and world_size % (p.tensor_parallel * p.pipeline_parallel):
+    model_parallel = p.tensor_parallel * p.pipeline_parallel * p.context_parallel
+    if world_size is not None and world_size % model_parallel:
         raise ConfigError(
-            f"world size {world_size} is not divisible by tensor_parallel × pipeline_parallel = "
-            f"{p.tensor_parallel} × {p.pipeline_parallel}"
+            f"world size {world_size} is not divisible by tensor_parallel × pipeline_parallel × "
+            f"context_parallel = {p.tensor_parallel} × {p.pipeline_parallel} × {p.context_parallel}"
         )
-    dp_size = world_size // (p.tensor_parallel * p.pipeline_parallel) if world_size is not None else None
+    dp_size = world_size // model_parallel if world_size is not None else None
     if dp_size is not None and cfg.data.prompts_per_step % dp_size:
         raise ConfigError(
             f"data.prompts_per_step={cfg.data.prompts_per_step} must be divisible by the data-parallel size "
@@ -461,6 +469,7 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         raise ConfigError(
             f"parallel.expert_parallel={p.expert_parallel} must divide model.num_experts={m.num_experts}"
         )
+    validate_model_parallel_fields(m, p)
     if not 0 <= cfg.algorithm.clip_low < 1 or cfg.algorithm.clip_high < 0:
         raise ConfigError("algorithm.clip_low must be in [0, 1) and algorithm.clip_high >= 0")
     if cfg.algorithm.kl_coef < 0:
@@ -475,3 +484,85 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         raise ConfigError("reward.weights is empty: at least one reward is needed")
     if cfg.algorithm.overlong_buffer >= cfg.rollout.max_new_tokens:
         raise ConfigError("algorithm.overlong_buffer must be smaller than rollout.max_new_tokens")
+
+
+def validate_model_parallel_fields(m: ModelConfig, p: ParallelConfig) -> None:
+    """Model (MoE, MLA) and parallel fields that cannot go together: one line naming them. Architectures read
+    from ``model.hf_path`` are checked once resolved (their fields are not known here)."""
+    if p.sequence_parallel and p.tensor_parallel == 1:
+        raise ConfigError("parallel.sequence_parallel=true needs parallel.tensor_parallel > 1")
+    if m.hf_path is not None:
+        return
+    _validate_moe_fields(m, p)
+    _validate_mla_fields(m)
+
+
+def _validate_moe_fields(m: ModelConfig, p: ParallelConfig) -> None:
+    if m.num_experts < 0:
+        raise ConfigError(f"model.num_experts={m.num_experts} must be >= 0 (0 = dense)")
+    if not m.num_experts:
+        return
+    if not 1 <= m.moe_router_topk <= m.num_experts:
+        raise ConfigError(
+            f"model.moe_router_topk={m.moe_router_topk} must be in [1, model.num_experts={m.num_experts}]"
+        )
+    if not 0 <= m.moe_first_k_dense < m.num_layers:
+        raise ConfigError(
+            f"model.moe_first_k_dense={m.moe_first_k_dense} must be in [0, model.num_layers={m.num_layers})"
+        )
+    if m.moe_router_score_function not in ("softmax", "sigmoid"):
+        raise ConfigError(
+            f"model.moe_router_score_function={m.moe_router_score_function!r}: softmax | sigmoid"
+        )
+    if p.tensor_parallel > 1 and not p.sequence_parallel:
+        raise ConfigError(
+            f"model.num_experts={m.num_experts} with parallel.tensor_parallel={p.tensor_parallel} needs "
+            "parallel.sequence_parallel=true (Megatron's MoE layer requires it)"
+        )
+    groups, group_topk = m.moe_router_num_groups, m.moe_router_group_topk
+    if (groups is None) != (group_topk is None):
+        raise ConfigError("model.moe_router_num_groups and model.moe_router_group_topk go together: set both")
+    if groups is not None:
+        if groups < 1 or m.num_experts % groups:
+            raise ConfigError(
+                f"model.moe_router_num_groups={groups} must divide model.num_experts={m.num_experts}"
+            )
+        if not 1 <= group_topk <= groups:
+            raise ConfigError(
+                f"model.moe_router_group_topk={group_topk} must be in "
+                f"[1, model.moe_router_num_groups={groups}]"
+            )
+        if m.moe_router_topk > group_topk * (m.num_experts // groups):
+            raise ConfigError(
+                f"model.moe_router_topk={m.moe_router_topk} exceeds the experts of "
+                f"model.moe_router_group_topk={group_topk} groups of {m.num_experts // groups}"
+            )
+    if m.moe_router_enable_expert_bias and m.moe_router_score_function != "sigmoid":
+        raise ConfigError(
+            "model.moe_router_enable_expert_bias=true needs model.moe_router_score_function=sigmoid "
+            "(Megatron's aux-loss-free balancing)"
+        )
+
+
+def _validate_mla_fields(m: ModelConfig) -> None:
+    if not m.multi_latent_attention:
+        return
+    if m.num_query_groups != m.num_attention_heads:
+        raise ConfigError(
+            f"model.multi_latent_attention=true needs model.num_query_groups={m.num_query_groups} == "
+            f"model.num_attention_heads={m.num_attention_heads} (MLA keys and values have every head)"
+        )
+    if m.kv_channels is not None:
+        raise ConfigError(
+            "model.kv_channels is not used with model.multi_latent_attention=true: set model.qk_head_dim, "
+            "model.qk_pos_emb_head_dim and model.v_head_dim"
+        )
+    for key in ("kv_lora_rank", "qk_head_dim", "qk_pos_emb_head_dim", "v_head_dim"):
+        if getattr(m, key) < 1:
+            raise ConfigError(f"model.{key} must be >= 1 with model.multi_latent_attention=true")
+    if m.qk_pos_emb_head_dim % 2:
+        raise ConfigError(
+            f"model.qk_pos_emb_head_dim={m.qk_pos_emb_head_dim} must be even (RoPE rotates pairs)"
+        )
+    if m.q_lora_rank is not None and m.q_lora_rank < 1:
+        raise ConfigError(f"model.q_lora_rank={m.q_lora_rank} must be >= 1 (or null: no query compression)")

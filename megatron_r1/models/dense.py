@@ -38,6 +38,8 @@ def dense_transformer_config(cfg: ModelConfig, parallel: ParallelConfig):
         kv_channels=cfg.kv_channels,
         tensor_model_parallel_size=parallel.tensor_parallel,
         pipeline_model_parallel_size=parallel.pipeline_parallel,
+        sequence_parallel=getattr(parallel, "sequence_parallel", False),
+        context_parallel_size=getattr(parallel, "context_parallel", 1),
         normalization="RMSNorm",
         layernorm_epsilon=cfg.norm_epsilon,
         gated_linear_unit=True,

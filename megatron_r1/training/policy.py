@@ -4,6 +4,7 @@ log-probs, through Megatron's pipeline schedules (no pipelining, or 1F1B across 
 Sequences are laid out ``[prompt + response]`` from position 0 and right-padded, so plain causal attention is
 exact for every real token and no attention mask is needed (the same on the local and the TE layer spec).
 Position t's label is token t + 1; ``response_mask`` [B, S − 1] marks the labels that are generated tokens.
+Under sequence parallelism the model's input is right-padded to a multiple of TP and its logits cut back.
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ from megatron_r1.parallel import ParallelState
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, dict], tuple[torch.Tensor, dict]]
 
 
+def pad_to_multiple(tokens: torch.Tensor, multiple: int, pad_id: int = 0) -> torch.Tensor:
+    """tokens [b, s] → [b, s'] right-padded with ``pad_id`` to the next multiple of ``multiple``; the causal
+    model's outputs at the first s positions do not depend on the padding."""
+    extra = -tokens.shape[1] % multiple
+    return torch.nn.functional.pad(tokens, (0, extra), value=pad_id) if extra else tokens
+
+
 class Policy:
     """Megatron GPTModel + the forward/backward the GRPO and SFT loops need."""
 
@@ -34,12 +42,17 @@ class Policy:
 
     def _forward_step(self, loss_fn: LossFn, with_entropy: bool, data_iterator, model):
         mb = next(data_iterator)
-        tokens = mb["tokens"]
+        tokens = pad_to_multiple(mb["tokens"], self._sequence_multiple())
         positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
         output = model(tokens, positions, None)
         return output, partial(self._loss, loss_fn, with_entropy, mb)
 
+    def _sequence_multiple(self) -> int:
+        """Sequence parallelism splits the sequence over TP ranks: its length must be a multiple of TP."""
+        return self.state.tp_size if self.model.config.sequence_parallel else 1
+
     def _loss(self, loss_fn: LossFn, with_entropy: bool, mb: dict, logits: torch.Tensor):
+        logits = logits[:, : mb["tokens"].shape[1]]  # drop the sequence-parallel padding (causal: exact)
         out = token_logprobs(
             logits[:, :-1],
             mb["tokens"][:, 1:],
@@ -63,7 +76,8 @@ class Policy:
         in ``.grad``. Returns the per-micro-batch metrics dicts (on the last pipeline stage; [] elsewhere)."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
-        n = batch["tokens"].shape[0]
+        n, seq_length = batch["tokens"].shape
+        seq_length += -seq_length % self._sequence_multiple()
         micro = [
             {k: v[i : i + micro_batch_size] for k, v in batch.items()} for i in range(0, n, micro_batch_size)
         ]
@@ -75,7 +89,7 @@ class Policy:
                 data_iterator=iter(micro),
                 model=[self.model],
                 num_microbatches=len(micro),
-                seq_length=batch["tokens"].shape[1],
+                seq_length=seq_length,
                 micro_batch_size=micro_batch_size,
                 forward_only=forward_only,
             )
