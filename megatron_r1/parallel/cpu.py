@@ -226,15 +226,30 @@ def _exact_mla_rope_key_gradient(mla) -> None:
 def _mla_kv_down_projection_class():
     from megatron.core.tensor_parallel import ColumnParallelLinear
     from megatron.core.tensor_parallel.mappings import (
-        copy_to_tensor_model_parallel_region,
         gather_from_tensor_model_parallel_region,
         scatter_to_sequence_parallel_region,
     )
 
+    class _SumGradOverTP(torch.autograd.Function):
+        """Forward: identity; backward: the gradient summed over TP. (Megatron's
+        ``copy_to_tensor_model_parallel_region`` all-reduces ``grad.contiguous()`` and returns the original:
+        a non-contiguous gradient, as this one is, would come back unreduced.)"""
+
+        @staticmethod
+        def forward(ctx, tensor, group):
+            ctx.group = group
+            return tensor.view_as(tensor)
+
+        @staticmethod
+        def backward(ctx, grad):
+            grad = grad.contiguous()
+            torch.distributed.all_reduce(grad, group=ctx.group)
+            return grad, None
+
     class _MLAKVDownProjection(ColumnParallelLinear):
         """The column-parallel KV down projection returning full columns: under SP on 1/TP of the tokens
         (MLA then all-gathers ``k_pos_emb`` over the sequence; backward: reduce-scatter, the TP sum), without
-        SP with the rotary columns through ``copy_to_tensor_model_parallel_region`` (backward: all-reduce)."""
+        SP with the rotary columns' gradient summed over TP."""
 
         def forward(self, hidden_states, *args, **kwargs):
             out, bias = super().forward(hidden_states, *args, **kwargs)
@@ -244,7 +259,7 @@ def _mla_kv_down_projection_class():
             if self.config.sequence_parallel:
                 return scatter_to_sequence_parallel_region(out, group=self.tp_group), bias
             latent, rope = out.split([self.config.kv_lora_rank, self.config.qk_pos_emb_head_dim], dim=-1)
-            rope = copy_to_tensor_model_parallel_region(rope, group=self.tp_group)
+            rope = _SumGradOverTP.apply(rope, self.tp_group)
             return torch.cat([latent, rope], dim=-1), bias
 
     return _MLAKVDownProjection

@@ -42,15 +42,19 @@ def tp_summed_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """Parameters replicated over TP whose gradient each TP rank holds only a part of, so it must be summed
     over TP: those marked ``sequence_parallel`` (under sequence parallelism every rank sees 1/TP of the
     tokens) and the q/k layernorms (applied to this rank's heads only) — Megatron's
-    ``_allreduce_non_tensor_model_parallel_grads`` rule."""
+    ``_allreduce_non_tensor_model_parallel_grads`` rule. MLA's ``q_layernorm`` is not per head: it normalises
+    the full query latent, whose gradient the column-parallel up projection already all-reduces, so it is
+    summed only when sequence parallelism marks it (Megatron's name rule would double it on the local
+    spec)."""
     config = model.config
+    per_head_qk_norm = config.qk_layernorm and not getattr(config, "multi_latent_attention", False)
     return [
         p
         for name, p in model.named_parameters()
         if p.requires_grad
         and (
             (config.sequence_parallel and getattr(p, "sequence_parallel", False))
-            or (config.qk_layernorm and ("q_layernorm" in name or "k_layernorm" in name))
+            or (per_head_qk_norm and ("q_layernorm" in name or "k_layernorm" in name))
         )
     ]
 

@@ -14,6 +14,7 @@ the HF checkpoint exactly).
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -173,17 +174,46 @@ def _check(results: list[dict], ref: dict, hf_dir: Path, what: str) -> None:
         assert set().union(*(r["bias"] for r in results)) == set(ref["bias"]), what
 
 
+def _dense_variant(moe_dir: Path, out_dir: Path) -> Path:
+    """The DeepSeek-V3 checkpoint with its MoE layer replaced by a dense MLP (random weights): MLA without
+    MoE, for TP = 2 without sequence parallelism (which Megatron's MoE layer requires)."""
+    from safetensors.torch import load_file, save_file
+
+    config = json.loads((moe_dir / "config.json").read_text())
+    config["first_k_dense_replace"] = config["num_hidden_layers"]
+    gen = torch.Generator().manual_seed(3)
+    hidden, inner = config["hidden_size"], config["intermediate_size"]
+    tensors = {
+        k: v
+        for k, v in load_file(moe_dir / "model.safetensors").items()
+        if not k.startswith("model.layers.1.mlp.")
+    }
+    for name, shape in (
+        ("gate_proj", (inner, hidden)),
+        ("up_proj", (inner, hidden)),
+        ("down_proj", (hidden, inner)),
+    ):
+        tensors[f"model.layers.1.mlp.{name}.weight"] = 0.05 * torch.randn(shape, generator=gen)
+    out_dir.mkdir()
+    (out_dir / "config.json").write_text(json.dumps(config))
+    save_file(tensors, out_dir / "model.safetensors", metadata={"format": "pt"})
+    return out_dir
+
+
 @pytest.fixture(scope="module")
 def hf_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hf")
-    return {kind: _make_hf_model(kind, root / kind) for kind in ("deepseek_v3", "qwen3")}
+    dirs = {kind: _make_hf_model(kind, root / kind) for kind in ("deepseek_v3", "qwen3")}
+    dirs["mla_dense"] = _dense_variant(dirs["deepseek_v3"], root / "mla_dense")
+    return dirs
 
 
 @pytest.fixture(scope="module")
 def two_ranks(hf_dirs, tmp_path_factory) -> dict:
     """Every 2-rank layout in one 2-process world (importing Megatron costs more than the checks)."""
-    ds, qwen3 = str(hf_dirs["deepseek_v3"]), str(hf_dirs["qwen3"])
+    ds, qwen3, mla = str(hf_dirs["deepseek_v3"]), str(hf_dirs["qwen3"]), str(hf_dirs["mla_dense"])
     cases = [
+        ("mla_tp2", mla, 12, {"tensor_parallel": 2}),
         ("ds_tp2_sp", ds, 12, {"tensor_parallel": 2, "sequence_parallel": True}),
         ("ds_ep2", ds, 12, {"expert_parallel": 2}),
         ("ds_pp2", ds, 12, {"pipeline_parallel": 2}),
@@ -199,6 +229,14 @@ def two_ranks(hf_dirs, tmp_path_factory) -> dict:
 def test_deepseek_v3_shape_matches_one_process(two_ranks, hf_dirs, layout):
     per_rank = two_ranks[layout]
     _check([r["got"] for r in per_rank], per_rank[0]["ref"], hf_dirs["deepseek_v3"], layout)
+
+
+@pytest.mark.slow
+def test_mla_tensor_parallel_without_sequence_parallel(two_ranks, hf_dirs):
+    """MLA's shared rotary key is used by every TP rank's heads: its gradient is summed over TP (the local
+    spec lost the other ranks' share, and every gradient upstream was off)."""
+    per_rank = two_ranks["mla_tp2"]
+    _check([r["got"] for r in per_rank], per_rank[0]["ref"], hf_dirs["mla_dense"], "mla_tp2")
 
 
 @pytest.mark.slow
