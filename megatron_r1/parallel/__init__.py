@@ -123,8 +123,9 @@ def init_distributed(cfg: ParallelConfig, seed: int = 1234) -> ParallelState:
 
 
 def check_context_parallel(cfg: ParallelConfig, use_cuda: bool) -> None:
-    """Refuse context parallelism where the attention cannot split sequences (before any work): only
-    Transformer Engine's attention (CUDA) takes Megatron's CP group; the local spec's does not."""
+    """Refuse context parallelism before any work where it cannot run: only Transformer Engine's attention
+    (CUDA) takes Megatron's CP group (the local spec's does not), and the policy does not split sequences
+    into CP chunks yet."""
     cp = getattr(cfg, "context_parallel", 1)
     if cp == 1:
         return
@@ -141,6 +142,13 @@ def check_context_parallel(cfg: ParallelConfig, use_cuda: bool) -> None:
             f"parallel.context_parallel={cp} needs Transformer Engine's attention on CUDA; the local layer "
             "spec (CPU, or no transformer_engine) cannot split sequences: use parallel.context_parallel=1"
         )
+    # The groups and TransformerConfig.context_parallel_size are wired; what is missing is the policy's side:
+    # splitting tokens, labels and per-token tensors into 2 × CP load-balanced chunks and gathering the
+    # per-sequence sums of the loss. Until then a CP run would train on wrong attention, so it stops here.
+    raise ConfigError(
+        f"parallel.context_parallel={cp}: the policy does not split sequences into 2 × CP chunks yet "
+        "(training/policy.py); use parallel.context_parallel=1"
+    )
 
 
 def seed_model_parallel(seed: int, state: ParallelState, use_cuda: bool) -> None:

@@ -160,7 +160,7 @@ def update(c: Components, batch: dict[str, torch.Tensor], step: int, total_steps
     metrics["loss"] = sums["loss"] / cfg.algorithm.ppo_epochs
     metrics["grad_norm"] = grad_norm
     metrics["skipped"] = 0.0 if stepped and math.isfinite(metrics["loss"]) else 1.0
-    return metrics
+    return metrics | c.policy.router_load.metrics(c.state)  # MoE: tokens per expert (routing collapse)
 
 
 def _on_all_stages(logprobs: torch.Tensor | None, batch: dict, c: Components) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 
 from megatron_r1.kernels import token_logprobs
 from megatron_r1.parallel import ParallelState
+from megatron_r1.training.router_load import RouterLoad
 
 # (logprobs [b, S-1], entropy [b, S-1] | None, micro-batch dict) -> (loss scalar, metrics {name: tensor})
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, dict], tuple[torch.Tensor, dict]]
@@ -39,6 +40,8 @@ class Policy:
         # must not divide again by the number of micro-batches.
         model.config.calculate_per_token_loss = True
         model.config.variable_seq_lengths = True
+        self.router_load = RouterLoad(model)
+        """Tokens per expert of the MoE routers in the training forwards (load-balance metrics)."""
 
     def _forward_step(self, loss_fn: LossFn, with_entropy: bool, data_iterator, model):
         mb = next(data_iterator)
