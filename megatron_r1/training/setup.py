@@ -3,13 +3,14 @@ on Megatron-Core, optimizer, rollout engine, prompt source."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from megatron_r1.config import Config, ConfigError
+from megatron_r1.config import Config, ConfigError, validate_model_parallel_fields
 from megatron_r1.parallel import ParallelState, init_distributed
 from megatron_r1.rewards.scorer import RewardScorer
 from megatron_r1.training.optim import build_optimizer
@@ -74,6 +75,8 @@ def _resolve_model_config(cfg: Config, tokenizer) -> None:
         hf_cfg = model_config_from_hf(cfg.model.hf_path)
         hf_cfg.params_dtype = cfg.model.params_dtype
         cfg.model = hf_cfg
+        # The architecture is known only now: check its MoE / MLA fields against the layout before any work.
+        validate_model_parallel_fields(dataclasses.replace(hf_cfg, hf_path=None), cfg.parallel)
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = len(tokenizer)
     if cfg.model.vocab_size % cfg.parallel.tensor_parallel:

@@ -85,6 +85,7 @@ def _run(hf_dir: str, seq: int, hide_dp: bool = False, **layout) -> dict:
     batch = {k: v[state.dp_rank * share : (state.dp_rank + 1) * share] for k, v in batch.items()}
     policy = Policy(model, state, logprob_impl="torch")
     outs = policy.run(batch, grpo_loss_fn(SimpleNamespace(cfg=cfg), *counts), micro_batch_size=2)
+    router_load = policy.router_load.metrics(state)  # tokens per expert over TP × DP, worst stage
     optimizer = LocalOptimizer(model, cfg.train, state)
     optimizer._reduce_grads()
     gated = gated_parameters(model)
@@ -104,6 +105,7 @@ def _run(hf_dir: str, seq: int, hide_dp: bool = False, **layout) -> dict:
         "grad_norm": optimizer.grad_norm(),
         "bias": {n: t.clone() for n, t in model_tensors(model).items() if n.endswith("expert_bias")},
         "synced": synced,
+        "router_load": router_load,
         "dp_rank": state.dp_rank,
         "tp_rank": state.tp_rank,
     }
@@ -155,6 +157,12 @@ def _check(results: list[dict], ref: dict, hf_dir: Path, what: str) -> None:
         scale = max(g.abs().max().item(), 1e-6)
         torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-5 * scale, msg=f"{what}: grad {name}")
     original = dict(iter_hf_tensors(hf_dir))
+    # The reference ran on every rank (its counts summed over the world): the same routing, world times over.
+    world = len(results)
+    for key, value in ref["router_load"].items():
+        want = value if key == "moe/load_balance" else value / world
+        assert all(r["router_load"][key] == pytest.approx(want, rel=1e-9) for r in results), f"{what}: {key}"
+    assert bool(ref["router_load"]) == (len(ref["bias"]) > 0), what
     for r in results:
         assert r["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5), f"{what}: grad norm"
         assert set(r["synced"]) == set(original), f"{what}: synced names"
