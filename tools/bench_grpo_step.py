@@ -38,7 +38,8 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides)
     c = build_components(cfg)
     sync_weights(c)
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else None
+    on_gpu = c.state.device.type == "cuda"  # the run's device (a gloo run on a GPU host is a CPU run)
+    sync = torch.cuda.synchronize if on_gpu else None
     timer = PhaseTimer(sync=sync)
     times: dict[str, list[float]] = {}
     total = args.warmup + args.steps
@@ -52,7 +53,7 @@ def main() -> None:
             for k, v in phases.items():
                 times.setdefault(k, []).append(v)
     if c.state.is_main:
-        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+        device = torch.cuda.get_device_name(c.state.device) if on_gpu else "CPU"
         print(f"| metric (median of {args.steps} steps, {device}) | value |")
         print("|---|---|")
         for k, v in times.items():

@@ -16,19 +16,30 @@ from megatron_r1.models import Family, register_family
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def have_transformer_engine() -> bool:
+def on_gpu(tcfg) -> bool:
+    """Whether the model of this TransformerConfig is built on the GPU (``use_cpu_initialization`` is set
+    from the run's chosen device in :func:`dense_transformer_config`)."""
+    return not tcfg.use_cpu_initialization
+
+
+def have_transformer_engine(tcfg) -> bool:
+    """Transformer Engine layers: only when TE imports and the model is built on the GPU."""
+    if not on_gpu(tcfg):
+        return False
     try:
         import transformer_engine  # noqa: F401
     except ImportError:
         return False
-    return torch.cuda.is_available()
+    return True
 
 
 def dense_transformer_config(cfg: ModelConfig, parallel: ParallelConfig):
     from megatron.core.transformer import TransformerConfig
 
+    from megatron_r1.parallel import uses_cuda
+
     dtype = DTYPES[cfg.params_dtype]
-    on_gpu = torch.cuda.is_available()
+    gpu = uses_cuda(parallel)
     return TransformerConfig(
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
@@ -51,7 +62,7 @@ def dense_transformer_config(cfg: ModelConfig, parallel: ParallelConfig):
         bf16=dtype is torch.bfloat16,
         fp16=dtype is torch.float16,
         pipeline_dtype=dtype,
-        use_cpu_initialization=not on_gpu,
+        use_cpu_initialization=not gpu,
         perform_initialization=True,
         # Fusions need CUDA kernels (apex / TE); the unfused paths are numerically the reference.
         bias_activation_fusion=False,
@@ -61,13 +72,18 @@ def dense_transformer_config(cfg: ModelConfig, parallel: ParallelConfig):
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
         cross_entropy_loss_fusion=False,
+        # The losses divide by global token / sequence counts themselves: gradients are summed, never
+        # averaged, over micro-batches and DP ranks. Read when modules are built (the MoE router keeps its
+        # own copy, which scales the aux loss per token; Megatron's DDP picks its gradient scaling from it),
+        # so it must be set here, before GPTModel, not on the built model.
+        calculate_per_token_loss=True,
     )
 
 
 def dense_layer_spec(tcfg):
     from megatron.core.models.gpt import gpt_layer_specs
 
-    if have_transformer_engine():
+    if have_transformer_engine(tcfg):
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
     return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
 

@@ -91,9 +91,11 @@ class _CpuTorchProxy:
 
 
 def apply_cpu_patches() -> None:
-    """Patch Megatron-Core for CPU execution (idempotent; a no-op when CUDA is available)."""
+    """Patch Megatron-Core for CPU execution (idempotent). Called when the run chose the CPU
+    (:func:`megatron_r1.parallel.uses_cuda` is False), also on a host where CUDA is visible: a gloo run
+    there must not place anything on the GPU."""
     global _APPLIED
-    if _APPLIED or torch.cuda.is_available():
+    if _APPLIED:
         return
     import megatron.core.fusions.fused_softmax as fused_softmax
     import megatron.core.tensor_parallel.random as tp_random

@@ -143,6 +143,7 @@ class MegatronOptimizer:
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
         tcfg = model.config
+        self.state = state
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
             overlap_grad_reduce=False,
@@ -165,15 +166,36 @@ class MegatronOptimizer:
             ),
             [self.model],
         )
+        # The schedules multiply the loss by ``grad_scale_func`` before backward (the MoE aux loss too), as
+        # Megatron's training loop sets it: without it an fp16 loss is never scaled while the optimizer
+        # unscales the gradients by its loss scale (2^32 at first), and nothing is learned. For bf16 / fp32
+        # the scale is 1.
+        tcfg.grad_scale_func = self.optimizer.scale_loss
+        self._has_grad_scaler = bool(tcfg.fp16)
 
     def zero_grad(self) -> None:
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
 
+    def _grads_finite(self) -> bool:
+        """Whether every reduced gradient is finite on every rank. bf16 / fp32 have no grad scaler, so
+        Megatron's optimizer would apply NaN / inf gradients (a NaN norm never exceeds a threshold)."""
+        found = torch.zeros((), dtype=torch.float32, device=self.state.device)
+        for buffer in self.model.buffers + self.model.expert_parallel_buffers:
+            found = torch.maximum(found, (~torch.isfinite(buffer.grad_data)).any().float())
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(found, op=dist.ReduceOp.MAX)
+        return not bool(found)
+
     def step(self, lr: float) -> tuple[float, bool]:
+        """Reduce, clip, step. Returns (grad_norm, stepped); a non-finite gradient skips the update (fp16:
+        Megatron's grad scaler finds it and backs its scale off)."""
         from megatron.core.distributed import finalize_model_grads
 
         finalize_model_grads([self.model])
+        if not self._has_grad_scaler and not self._grads_finite():
+            self.zero_grad()
+            return float("nan"), False
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         stepped, grad_norm, _ = self.optimizer.step()

@@ -20,6 +20,10 @@ from megatron_r1.parallel import ParallelState
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, dict], tuple[torch.Tensor, dict]]
 
 
+def _scaled(base: Callable | None, factor: float, loss: torch.Tensor) -> torch.Tensor:
+    return (base(loss) if base is not None else loss) * factor
+
+
 class Policy:
     """Megatron GPTModel + the forward/backward the GRPO and SFT loops need."""
 
@@ -28,18 +32,44 @@ class Policy:
         self.state = state
         self.logprob_impl = logprob_impl
         # The loss functions below divide by global token / sequence counts themselves: Megatron's schedule
-        # must not divide again by the number of micro-batches.
-        model.config.calculate_per_token_loss = True
+        # must not divide again by the number of micro-batches. The model is built that way
+        # (models/dense.py), since its MoE routers read the flag when they are built.
+        if not model.config.calculate_per_token_loss:
+            raise ValueError("Policy: the model must be built with calculate_per_token_loss=True")
         model.config.variable_seq_lengths = True
 
-    def _forward_step(self, loss_fn: LossFn, with_entropy: bool, data_iterator, model):
+    def _forward_step(self, loss_fn: LossFn, with_entropy: bool, multiplier: float, data_iterator, model):
         mb = next(data_iterator)
         tokens = mb["tokens"]
         positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
         output = model(tokens, positions, None)
-        return output, partial(self._loss, loss_fn, with_entropy, mb)
+        return output, partial(self._loss, loss_fn, with_entropy, multiplier, mb)
 
-    def _loss(self, loss_fn: LossFn, with_entropy: bool, mb: dict, logits: torch.Tensor):
+    def _aux_loss_tokens(self, batch: dict[str, torch.Tensor]) -> float | None:
+        """Tokens the MoE routers see in this step over all micro-batches and DP ranks, or None for a
+        model without router losses.
+
+        Built with ``calculate_per_token_loss`` (as it must be), a router weights its aux loss by its
+        micro-batch's token count n_mb and Megatron expects ``finalize_model_grads`` to divide every
+        gradient by the step's total N. Our losses already divide by global counts, so that division is
+        not done; instead the aux loss alone is scaled by 1 / N (:meth:`run`). Its gradient is then
+        Σ_mb n_mb / N · coeff · ∇aux_mb: Megatron's per-token weighting, the mean over micro-batches and
+        DP ranks when they are equal — not the sum (× micro-batches × DP) it was."""
+        config = self.model.config
+        coeffs = getattr(config, "moe_aux_loss_coeff", 0) or 0
+        coeffs = coeffs if isinstance(coeffs, list | tuple) else [coeffs]
+        if not getattr(config, "num_moe_experts", None) or not (
+            any(coeffs) or getattr(config, "moe_z_loss_coeff", None)
+        ):
+            return None
+        # Under sequence parallelism a router sees its TP rank's share of the sequence.
+        local = batch["tokens"].numel() // (self.state.tp_size if config.sequence_parallel else 1)
+        total = torch.tensor(float(local), dtype=torch.float64, device=self.state.device)
+        if self.state.dp_size > 1:
+            torch.distributed.all_reduce(total, group=self.state.dp_group)
+        return float(total)
+
+    def _loss(self, loss_fn: LossFn, with_entropy: bool, multiplier: float, mb: dict, logits: torch.Tensor):
         out = token_logprobs(
             logits[:, :-1],
             mb["tokens"][:, 1:],
@@ -49,7 +79,7 @@ class Policy:
         )
         logprobs, entropy = out if with_entropy else (out, None)
         loss, metrics = loss_fn(logprobs, entropy, mb)
-        return loss, torch.ones((), dtype=torch.int), metrics
+        return loss * multiplier, torch.ones((), dtype=torch.int), metrics
 
     def run(
         self,
@@ -69,16 +99,26 @@ class Policy:
         ]
         self.model.train(not forward_only)
         context = torch.no_grad() if forward_only else torch.enable_grad()
-        with context:
-            return get_forward_backward_func()(
-                forward_step_func=partial(self._forward_step, loss_fn, with_entropy),
-                data_iterator=iter(micro),
-                model=[self.model],
-                num_microbatches=len(micro),
-                seq_length=batch["tokens"].shape[1],
-                micro_batch_size=micro_batch_size,
-                forward_only=forward_only,
-            )
+        # MoE aux loss: the schedules scale it by ``grad_scale_func(1)`` and the main loss by
+        # ``grad_scale_func`` too, so the scale gets a factor 1 / N and the main loss a factor N.
+        aux_tokens = None if forward_only else self._aux_loss_tokens(batch)
+        config = self.model.config
+        base_scale = config.grad_scale_func  # the optimizer's loss scale (fp16), or None
+        if aux_tokens:
+            config.grad_scale_func = partial(_scaled, base_scale, 1.0 / aux_tokens)
+        try:
+            with context:
+                return get_forward_backward_func()(
+                    forward_step_func=partial(self._forward_step, loss_fn, with_entropy, aux_tokens or 1.0),
+                    data_iterator=iter(micro),
+                    model=[self.model],
+                    num_microbatches=len(micro),
+                    seq_length=batch["tokens"].shape[1],
+                    micro_batch_size=micro_batch_size,
+                    forward_only=forward_only,
+                )
+        finally:
+            config.grad_scale_func = base_scale
 
     def logprobs(self, batch: dict[str, torch.Tensor], micro_batch_size: int) -> torch.Tensor | None:
         """Per-token log-probs [B, S − 1] without gradients (old / reference policy); None off the last

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from megatron_r1.config import Config, ConfigError
-from megatron_r1.parallel import ParallelState, init_distributed
+from megatron_r1.parallel import ParallelState, init_distributed, uses_cuda
 from megatron_r1.rewards.scorer import RewardScorer
 from megatron_r1.training.optim import build_optimizer
 from megatron_r1.training.policy import Policy
@@ -89,17 +89,16 @@ def build_components(cfg: Config) -> Components:
     from megatron_r1.models import build_model
     from megatron_r1.rollout.engine import IdleEngine, build_engine
 
-    if not torch.cuda.is_available() and cfg.train.cpu_threads > 0:
+    if not uses_cuda(cfg.parallel) and cfg.train.cpu_threads > 0:
         torch.set_num_threads(cfg.train.cpu_threads)
     state = init_distributed(cfg.parallel, seed=cfg.train.seed)
     validate(cfg, world_size=state.world_size)
     tokenizer = load_tokenizer(cfg)
     _resolve_model_config(cfg, tokenizer)
 
+    # Built with ``calculate_per_token_loss`` (models/dense.py): the losses divide by global counts, so
+    # gradients are summed over micro-batches and DP ranks.
     model = build_model(cfg.model, cfg.parallel, state.is_first_stage, state.is_last_stage).to(state.device)
-    # The losses divide by global token / sequence counts: gradients must be summed, never averaged, over
-    # micro-batches and DP ranks. Megatron's DDP reads this flag when it is built (gradient scaling 1).
-    model.config.calculate_per_token_loss = True
     if cfg.model.hf_path:
         from megatron_r1.convert.checkpoint import load_hf_weights
 
