@@ -137,14 +137,18 @@ def update(c: Components, batch: dict[str, torch.Tensor], step: int, total_steps
     """Policy-gradient update over the rollout batch: micro-batches accumulate, one optimizer step."""
     cfg = c.cfg
     mbs = cfg.train.micro_batch_size
+    # Everything is scored at the rollout temperature, the distribution the sampler drew from: the ratio,
+    # the reference's log-probs (KL between the tempered distributions, as verl) and the entropy.
+    temp = cfg.rollout.temperature
     num_tokens, num_seqs = _dp_sum([batch["response_mask"].sum().item(), batch["tokens"].shape[0]], c)
     if c.reference is not None:
-        batch["ref_logprobs"] = _on_all_stages(c.reference.logprobs(batch, mbs), batch, c)
+        batch["ref_logprobs"] = _on_all_stages(c.reference.logprobs(batch, mbs, temp), batch, c)
     if cfg.algorithm.ppo_epochs > 1:
-        batch["old_logprobs"] = _on_all_stages(c.policy.logprobs(batch, mbs), batch, c)
+        batch["old_logprobs"] = _on_all_stages(c.policy.logprobs(batch, mbs, temp), batch, c)
     totals: dict[str, float] = {}
     for _ in range(cfg.algorithm.ppo_epochs):
-        outs = c.policy.run(batch, grpo_loss_fn(c, num_tokens, num_seqs), mbs, with_entropy=True)
+        loss_fn = grpo_loss_fn(c, num_tokens, num_seqs)
+        outs = c.policy.run(batch, loss_fn, mbs, with_entropy=True, temperature=temp)
         for out in outs:
             for k, v in out.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
