@@ -81,8 +81,10 @@ def grpo_loss_fn(c: Components, num_tokens: float, num_seqs: float):
             )
             clipped_sum, kl_sum = clip_fraction * n, kl_mean * n
         else:
-            per_token, clipped = clipped_surrogate(logprobs, old, mb["advantages"], a.clip_low, a.clip_high)
-            kl = kl_k3(logprobs, ref) if ref is not None else torch.zeros_like(per_token)
+            per_token, clipped = clipped_surrogate(
+                logprobs, old, mb["advantages"], a.clip_low, a.clip_high, mask=mask
+            )
+            kl = kl_k3(logprobs, ref, mask=mask) if ref is not None else torch.zeros_like(per_token)
             per_token = per_token + a.kl_coef * kl
             clipped_sum, kl_sum = (clipped.float() * mask).sum(), (kl.detach() * mask).sum()
         loss = aggregate_loss(
