@@ -135,10 +135,46 @@ def generate_once(c: Components, prompt_ids: list[list[int]], sampling: Sampling
     return payload[0]
 
 
+UPDATE_METRICS = (
+    "loss",
+    "kl",
+    "clip_fraction",
+    "entropy",
+    "logprob_diff",
+    "grad_norm",
+    "skipped",
+    "no_signal",
+)
+
+
+def has_learning_signal(c: Components, batch: dict[str, torch.Tensor]) -> bool:
+    """False when no token of the step (over all DP replicas) carries a gradient: every advantage is 0
+    (each group's rewards were all equal) and there is no KL term. Identical on every rank."""
+    if c.reference is not None and c.cfg.algorithm.kl_coef > 0:
+        return True
+    signal = (batch["advantages"].abs() * (batch["response_mask"].sum(dim=1) > 0)).sum().item()
+    return _dp_sum([signal], c)[0] > 0
+
+
+def no_signal_metrics() -> dict[str, float]:
+    """The update's metrics for a step without learning signal, whose forward/backward and optimizer step
+    were skipped: loss, KL, clipping and gradient are exactly 0; entropy and logprob_diff were not measured
+    (NaN, written as null)."""
+    metrics = {k: 0.0 for k in UPDATE_METRICS}
+    metrics |= {"entropy": math.nan, "logprob_diff": math.nan, "no_signal": 1.0}
+    return metrics
+
+
 def update(c: Components, batch: dict[str, torch.Tensor], step: int, total_steps: int) -> dict[str, float]:
-    """Policy-gradient update over the rollout batch: micro-batches accumulate, one optimizer step."""
+    """Policy-gradient update over the rollout batch: micro-batches accumulate, one optimizer step.
+
+    A step with no learning signal (``has_learning_signal``) is not computed: its gradient would be exactly
+    zero, and an optimizer step on it would only move the weights by Adam's momentum / weight decay.
+    """
     cfg = c.cfg
     mbs = cfg.train.micro_batch_size
+    if not has_learning_signal(c, batch):
+        return no_signal_metrics()
     # Everything is scored at the rollout temperature, the distribution the sampler drew from: the ratio,
     # the reference's log-probs (KL between the tempered distributions, as verl) and the entropy.
     temp = cfg.rollout.temperature
@@ -166,6 +202,7 @@ def update(c: Components, batch: dict[str, torch.Tensor], step: int, total_steps
     metrics["loss"] = sums["loss"] / cfg.algorithm.ppo_epochs
     metrics["grad_norm"] = grad_norm
     metrics["skipped"] = 0.0 if stepped and math.isfinite(metrics["loss"]) else 1.0
+    metrics["no_signal"] = 0.0
     return metrics
 
 
