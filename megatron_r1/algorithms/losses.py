@@ -32,12 +32,14 @@ def clipped_surrogate(
     clip_low: float,
     clip_high: float,
     mask: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """logprobs, old_logprobs [B, T], advantages [B] or [B, T], mask [B, T] | None → (loss [B, T],
-    clipped [B, T] bool).
+    """logprobs, old_logprobs [B, T], advantages [B] or [B, T], mask [B, T] | None, weights [B, T] | None
+    → (loss [B, T], clipped [B, T] bool).
 
     ``clipped`` marks tokens whose gradient the clip removes (the clipped branch is the minimum). Where
     ``mask`` is 0 the inputs are ignored (ratio 1, advantage 0: loss 0, zero gradient, never NaN).
+    ``weights`` (detached, e.g. ``truncated_importance_weights``) multiply each token's loss.
     """
     if advantages.dim() == 1:
         advantages = advantages[:, None]
@@ -51,6 +53,8 @@ def clipped_surrogate(
     clipped_ratio = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     clipped = clipped_ratio * advantages
     loss = -torch.minimum(unclipped, clipped)
+    if weights is not None:
+        loss = loss * weights.detach()
     return loss, clipped < unclipped
 
 
@@ -63,6 +67,27 @@ def kl_k3(
     if mask is not None:
         log_ratio = torch.where(mask != 0, log_ratio, torch.zeros_like(log_ratio))
     return torch.exp(log_ratio) - log_ratio - 1.0
+
+
+def truncated_importance_weights(
+    train_logprobs: torch.Tensor,
+    sampler_logprobs: torch.Tensor,
+    clip: float,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-level truncated importance sampling (TIS) for sampler/trainer mismatch:
+    w = min(π_train / π_sampler, C) = min(exp(train − sampler), C), detached; the weight multiplies each
+    token's policy-gradient term (Yao et al. 2025, "Your efficient RL framework secretly brings you
+    off-policy RL training"; verl's rollout correction, slime's ``--use-tis``; no lower bound).
+
+    train_logprobs (the trainer's old-policy log-probs), sampler_logprobs, mask [B, T] → (weights [B, T],
+    truncated [B, T] bool, True where the cap C applied). Masked positions get weight 1, never truncated.
+    """
+    log_ratio = (train_logprobs - sampler_logprobs).detach().float()
+    if mask is not None:
+        log_ratio = torch.where(mask != 0, log_ratio, torch.zeros_like(log_ratio))
+    ratio = torch.exp(log_ratio)
+    return torch.clamp(ratio, max=clip), ratio > clip
 
 
 def aggregate_loss(
