@@ -1,6 +1,8 @@
 """The trainer's next-token log-probs from [b, S, V] logits: same values and gradients as the reference on
 the shifted slice, at a temperature, and no [tokens × vocab] copy of the logits on the kernel path."""
 
+import os
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -94,3 +96,30 @@ def test_kernel_path_makes_no_copy_of_the_logits():
     )
     assert len(fwd_old) >= 1 and len(bwd_old) >= 2, (fwd_old, bwd_old)
     assert any(t.untyped_storage().data_ptr() != x_old.untyped_storage().data_ptr() for t in saved_old)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") == "1", reason="Triton's compiler is unusable")
+def test_cuda_peak_memory_is_one_gradient_above_the_logits():
+    """Compiled kernels at a real vocabulary: a forward + backward of the trainer's log-probs needs the
+    gradient of the logits and nothing else vocabulary-sized (slicing cost two more copies)."""
+    b, s, v = 4, 1024, 151936
+    logits = torch.randn(b, s, v, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    tokens = torch.randint(0, v, (b, s), device="cuda")
+    full = logits.numel() * logits.element_size()
+    for fn, most in (
+        (lambda: next_token_logprobs(logits, tokens, with_entropy=True, impl="triton")[0], 1.1 * full),
+        (lambda: token_logprobs(logits[:, :-1], tokens[:, 1:], impl="triton"), None),
+    ):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn().sum().backward()
+        torch.cuda.synchronize()
+        extra = torch.cuda.max_memory_allocated() - base
+        logits.grad = None
+        if most is not None:
+            assert extra < most, (extra, full)
+        else:
+            assert extra > 1.9 * full, (extra, full)  # the check sees the old copies
