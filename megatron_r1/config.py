@@ -141,6 +141,9 @@ class RolloutConfig:
     """Size of the buckets that carry weights from the trainer to the engine."""
     gpu_memory_utilization: float = 0.5
     """vLLM only: share of GPU memory the colocated engine may take."""
+    dtype: str | None = None
+    """float32 | bfloat16 | float16: the engine's weight and compute dtype, independent of the trainer's;
+    None = model.params_dtype. A lower-precision sampler than trainer is what algorithm.tis_clip corrects."""
 
 
 @dataclass
@@ -161,6 +164,9 @@ class AlgorithmConfig:
     """DAPO dynamic sampling (filter only): drop groups whose rewards are all equal."""
     overlong_buffer: int = 0
     """DAPO overlong shaping: linear penalty over the last N tokens before max_new_tokens (0 = off)."""
+    tis_clip: float = 0.0
+    """Truncated importance sampling for sampler/trainer mismatch (0 = off): each token's policy-gradient
+    term is weighted by min(π_train / π_sampler, tis_clip), detached (verl / slime TIS; 2 is usual)."""
 
 
 @dataclass
@@ -465,6 +471,12 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         raise ConfigError("algorithm.clip_low must be in [0, 1) and algorithm.clip_high >= 0")
     if cfg.algorithm.kl_coef < 0:
         raise ConfigError("algorithm.kl_coef must be >= 0")
+    if cfg.rollout.dtype not in (None, "float32", "bfloat16", "float16"):
+        raise ConfigError(
+            f"rollout.dtype={cfg.rollout.dtype!r}: expected one of float32, bfloat16, float16 (or null)"
+        )
+    if cfg.algorithm.tis_clip < 0:
+        raise ConfigError(f"algorithm.tis_clip={cfg.algorithm.tis_clip} must be >= 0 (0 = off)")
     if cfg.rollout.temperature <= 0:
         raise ConfigError("rollout.temperature must be > 0 for training rollouts")
     if not 0 < cfg.rollout.top_p <= 1 or not 0 < cfg.eval.top_p <= 1:

@@ -114,6 +114,7 @@ def build_components(cfg: Config) -> Components:
     policy = Policy(getattr(optimizer, "model", model), state, cfg.train.logprob_impl)
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    engine_dtype = dtype[cfg.rollout.dtype or cfg.model.params_dtype]
     if not state.mp_leader:  # only the first rank of a TP × PP group generates (grpo.generate_once)
         engine = IdleEngine()
     elif cfg.rollout.engine == "native":
@@ -122,7 +123,7 @@ def build_components(cfg: Config) -> Components:
             model_config=native_engine_config(cfg),
             tokenizer=tokenizer,
             device=state.device,
-            dtype=dtype[cfg.model.params_dtype],
+            dtype=engine_dtype,
             max_batch_size=max(64, cfg.data.prompts_per_step * cfg.rollout.group_size),
         )
     else:
@@ -132,7 +133,7 @@ def build_components(cfg: Config) -> Components:
             cfg.rollout.engine,
             hf_path=cfg.model.hf_path,
             tokenizer=tokenizer,
-            dtype=dtype[cfg.model.params_dtype],
+            dtype=engine_dtype,
             tensor_parallel_size=1,
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
             max_model_len=cfg.model.max_position_embeddings,
