@@ -12,6 +12,9 @@ def test_trainer_logprobs_match_sampler_at_temperature(tmp_path):
         None,
         [
             "rollout.temperature=0.7",
+            # A KL term keeps every step's forward/backward running (a step whose advantages are all zero
+            # and has no KL term is skipped, and measures no logprob_diff).
+            "algorithm.kl_coef=0.001",
             "rollout.group_size=4",
             "rollout.max_new_tokens=16",
             "data.prompts_per_step=4",
