@@ -49,6 +49,8 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
         (["parallel.pipeline_parallel=4", "model.num_layers=2"], "pipeline_parallel=4 must divide"),
         (["algorithm.loss_agg=sum"], "expected one of token-mean"),
         (["rollout.temperature=0"], "temperature must be > 0"),
+        (["rollout.dtype=fp8"], r"rollout\.dtype='fp8': expected one of float32"),
+        (["algorithm.tis_clip=-1"], r"algorithm\.tis_clip=-1\.0 must be >= 0"),
     ],
 )
 def test_impossible_settings_fail_early(overrides, message):
