@@ -99,7 +99,7 @@ import json, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 acc = [(r["step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
 steps = [sum(v for k, v in r.items() if k.startswith("time/") and k != "time/eval") for r in rows if "loss" in r]
-diff = [r["logprob_diff"] for r in rows if "logprob_diff" in r]
+diff = [r["logprob_diff"] for r in rows if r.get("logprob_diff") is not None] or [float("nan")]
 print(f"eval/accuracy {acc[0][1]:.3f} (step {acc[0][0]}) -> {acc[-1][1]:.3f} (step {acc[-1][0]}); "
       f"median step {statistics.median(steps):.3f} s; logprob_diff median {statistics.median(diff):.2e}")
 EOF
