@@ -24,6 +24,7 @@ def _run(code: str, tmp_path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a fresh interpreter importing Megatron: ~17-28 s on the loaded 2-core machine
 def test_gloo_on_a_cuda_visible_host_builds_on_cpu(tmp_path):
     out = _run(
         """

@@ -16,6 +16,7 @@ def _setup(seed: int = 3):
     cfg = Config()
     cfg.model.vocab_size = 32
     cfg.train.grad_clip = 0.0
+    cfg.parallel.backend = "gloo"  # the CPU path, also on a GPU host
     state = init_distributed(cfg.parallel, seed=seed)
     model = build_model(cfg.model, cfg.parallel)
     return model, megatron_optimizer(model, cfg.train, state), state

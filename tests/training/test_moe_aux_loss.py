@@ -20,6 +20,7 @@ def _moe_config():
     m.num_attention_heads, m.num_query_groups, m.kv_channels = 4, 2, 8
     m.num_experts, m.moe_router_topk, m.moe_ffn_hidden_size = 4, 2, 16
     m.moe_aux_loss_coeff = COEFF
+    cfg.parallel.backend = "gloo"  # the CPU path, also on a GPU host
     return cfg
 
 
