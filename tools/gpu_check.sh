@@ -116,9 +116,9 @@ except ImportError:
 print(f'python {platform.python_version()}, torch {torch.__version__}, triton {tv}, megatron-core {mc.__version__}, '
       f'megatron_r1 from {megatron_r1.__file__}, device: {dev}')"
 
-step gpu_tests 240 0 pytest_summary -- $PY -m pytest -m gpu -q -p no:cacheprovider -rA tests
-
 step demo 150 1 metrics_summary -- $CLI train --run-dir "$RUNS/demo" log.progress=false log.tensorboard=false
+
+step gpu_tests 240 0 pytest_summary -- $PY -m pytest -m gpu -q -p no:cacheprovider -rA tests
 
 step kernels 90 1 table_summary -- $PY tools/bench_kernels.py --tokens 4096 16384 --vocab 32000 151936 --repeats 10
 
