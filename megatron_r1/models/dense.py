@@ -24,6 +24,22 @@ def have_transformer_engine() -> bool:
     return torch.cuda.is_available()
 
 
+def fp8_kwargs(cfg: ModelConfig) -> dict:
+    """TransformerConfig FP8 fields (``fp8``, ``fp8_recipe``: the same names in megatron-core 0.16 and
+    0.19). TE keeps the bf16 weights as the parameters and casts them for its GEMMs, so the weights synced to
+    the rollout engine are the bf16 ones the FP8 GEMMs were cast from. Refused without Transformer Engine."""
+    if cfg.fp8 == "off":
+        return {}
+    if not have_transformer_engine():
+        from megatron_r1.config import ConfigError
+
+        raise ConfigError(
+            f"model.fp8={cfg.fp8} needs Transformer Engine on a GPU (transformer_engine is not importable "
+            "here or there is no CUDA); set model.fp8=off"
+        )
+    return {"fp8": cfg.fp8, "fp8_recipe": cfg.fp8_recipe}
+
+
 def dense_transformer_config(cfg: ModelConfig, parallel: ParallelConfig):
     from megatron.core.transformer import TransformerConfig
 
@@ -61,6 +77,7 @@ def dense_transformer_config(cfg: ModelConfig, parallel: ParallelConfig):
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
         cross_entropy_loss_fusion=False,
+        **fp8_kwargs(cfg),
     )
 
 

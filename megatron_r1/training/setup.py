@@ -86,11 +86,16 @@ def _resolve_model_config(cfg: Config, tokenizer) -> None:
 def build_components(cfg: Config) -> Components:
     from megatron_r1.config import validate
     from megatron_r1.convert import get_adapter
-    from megatron_r1.models import build_model
+    from megatron_r1.models import build_model, set_recompute
     from megatron_r1.rollout.engine import IdleEngine, build_engine
 
     if not torch.cuda.is_available() and cfg.train.cpu_threads > 0:
         torch.set_num_threads(cfg.train.cpu_threads)
+    if cfg.rollout.tensor_parallel != 1:  # a planned layout (megatron-r1 plan), not one the trainer runs yet
+        raise ConfigError(
+            f"rollout.tensor_parallel={cfg.rollout.tensor_parallel}: rollout engines over several GPUs are "
+            "not implemented yet (the trainer runs one engine per model-parallel group); use 1"
+        )
     state = init_distributed(cfg.parallel, seed=cfg.train.seed)
     validate(cfg, world_size=state.world_size)
     tokenizer = load_tokenizer(cfg)
@@ -100,6 +105,7 @@ def build_components(cfg: Config) -> Components:
     # The losses divide by global token / sequence counts: gradients must be summed, never averaged, over
     # micro-batches and DP ranks. Megatron's DDP reads this flag when it is built (gradient scaling 1).
     model.config.calculate_per_token_loss = True
+    set_recompute(model.config, cfg.train.recompute)
     if cfg.model.hf_path:
         from megatron_r1.convert.checkpoint import load_hf_weights
 
