@@ -62,7 +62,9 @@ def _plan(args: argparse.Namespace) -> int:
     from megatron_r1.plan.report import to_dict, to_text
 
     cfg = load_config(args.config, args.overrides)
-    assumptions = Assumptions(mean_response_tokens=args.mean_response_tokens)
+    assumptions = Assumptions(
+        mean_response_tokens=args.mean_response_tokens, mean_prompt_tokens=args.mean_prompt_tokens
+    )
     plan = make_plan(cfg, gpus=args.gpus, gpu=args.gpu, assumptions=assumptions)
     print(json.dumps(to_dict(plan), indent=1) if args.json else to_text(plan))
     if not plan.fits:
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=int, help="GPU count (default parallel.world_size)")
     p.add_argument("--gpu", default="H100", help="H100 | H800 | H200 (default H100)")
     p.add_argument("--mean-response-tokens", type=int, help="mean response length (default: the maximum)")
+    p.add_argument("--mean-prompt-tokens", type=int, help="mean prompt length (default: half the maximum)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_plan)
     return parser

@@ -24,9 +24,15 @@ class Assumptions:
     native_decode_overhead_s: float = 0.03
     """The same for the native engine (eager PyTorch, no CUDA graphs)."""
     collective_latency_s: float = 30e-6
-    """Latency of one all-reduce in a decode step of a rollout engine over several GPUs (2 per layer)."""
+    """Latency of one all-reduce in a decode step of a rollout engine within a node (2 per layer)."""
+    network_latency_s: float = 100e-6
+    """The same for an engine spanning nodes (InfiniBand)."""
     link_efficiency: float = 0.7
-    """Fraction of link bandwidth the weight sync reaches."""
+    """Fraction of link bandwidth collectives (weight sync, TP, EP all-to-all) reach."""
+    comm_overlap: float = 0.5
+    """Fraction of the trainer's TP / EP communication hidden behind computation."""
+    gpus_per_node: int = 8
+    """GPUs one NVLink domain holds: groups larger than this cross the inter-node network."""
     reserve_gib: float = 3.0
     """Per GPU: CUDA context, NCCL buffers, allocator fragmentation."""
     engine_workspace_gib: float = 2.0
@@ -46,8 +52,11 @@ ASSUMPTION_DOCS = {
     "hbm_efficiency": "fraction of HBM bandwidth a decode step reaches (weights + KV reads)",
     "decode_overhead_s": "fixed time per vLLM decode step (scheduling, sampling, CUDA-graph launch)",
     "native_decode_overhead_s": "fixed time per native-engine decode step (eager PyTorch)",
-    "collective_latency_s": "one all-reduce in a multi-GPU engine's decode step (2 per layer)",
-    "link_efficiency": "fraction of NVLink / network bandwidth the weight sync reaches",
+    "collective_latency_s": "one all-reduce in a multi-GPU engine's decode step (2 per layer), in a node",
+    "network_latency_s": "the same for an engine spanning nodes",
+    "link_efficiency": "fraction of NVLink / network bandwidth collectives reach (sync, TP, EP)",
+    "comm_overlap": "fraction of the trainer's TP / EP communication hidden behind computation",
+    "gpus_per_node": "GPUs per NVLink domain; larger TP / EP / engine groups cross the network",
     "reserve_gib": "per GPU: CUDA context, NCCL buffers, allocator fragmentation",
     "engine_workspace_gib": "per vLLM engine GPU: batch activations and CUDA graphs (inside its budget)",
 }
