@@ -104,21 +104,21 @@ def make_plan(
     best = None
     for stage in range(layout.pp):
         t = trainer_memory(cfg, m, params, layout, stage, a)
-        # The native engine lives on each model-parallel group's first rank (stage 0) and keeps its weights.
-        native = cfg.rollout.engine == "native" and stage == 0
+        # Asleep while the trainer trains: vLLM (sleep level 1 / 2) and the native engine (sleep() frees its
+        # KV cache and moves its weights to host memory) hold no GPU memory.
         train = {
             "weights": t.weights,
             "grads": t.grads,
             "optimizer": t.optimizer,
             "reference": t.reference,
             "activations": t.activations,
-            "engine_weights": engine.weights if native else 0.0,
+            "engine_weights": 0.0,
             "kv_cache": 0.0,
             "reserve": reserve,
         }
         rollout = dict(train, activations=0.0, engine_weights=engine.weights, kv_cache=engine.kv_cache)
         rollout["reserve"] = reserve + engine.workspace
-        if cfg.rollout.engine != "vllm" and stage != 0:
+        if cfg.rollout.engine != "vllm" and stage != 0:  # the native engine: on each group's first rank
             rollout.update(engine_weights=0.0, kv_cache=0.0)
         train_gib, rollout_gib = _gib(train), _gib(rollout)
         peak = max(train_gib["total"], rollout_gib["total"])

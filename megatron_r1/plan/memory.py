@@ -10,8 +10,8 @@ no dropout (masks are not stored), sequence parallel splitting the hidden-sized 
 recompute keeping only each layer's input, 1F1B keeping min(pp, microbatches) microbatches in flight on
 the first stage. The rollout engine (vLLM: ``gpu_memory_utilization`` of the GPU, weights split over
 ``rollout.tensor_parallel`` GPUs, the rest KV cache; native: a full copy on each model-parallel group's first
-rank with KV cache for all of its rollouts) sleeps while the trainer trains (vLLM sleep level 1 or 2: no
-GPU memory); the trainer keeps weights, gradients and optimizer state on the GPU while the engine generates
+rank with KV cache for all of its rollouts) sleeps while the trainer trains (vLLM sleep level 1 or 2, the
+native engine's ``sleep()``: no GPU memory); the trainer keeps weights, gradients and optimizer state on the GPU while the engine generates
 (nothing here offloads them).
 """
 
@@ -95,13 +95,18 @@ def activation_elements(m: ModelConfig, index: int) -> tuple[float, float, float
     return hidden, split, gemm
 
 
-def layer_activation_bytes(m: ModelConfig, index: int, layout: Layout, tokens: float, fp8: bool) -> float:
-    """Bytes one GPU stores for one layer's backward, for ``tokens`` tokens of a microbatch."""
+def layer_activation_bytes(
+    m: ModelConfig, index: int, layout: Layout, tokens: float, seq: float, fp8: bool, flash: bool
+) -> float:
+    """Bytes one GPU stores for one layer's backward, for ``tokens`` tokens of a microbatch of ``seq``-token
+    sequences."""
     hidden, split, gemm = activation_elements(m, index)
     hidden_div = layout.tp if layout.sp else 1
     elems = hidden / hidden_div + split / layout.tp
     gemm_share = gemm / layout.tp  # roughly: the GEMM inputs split as their layers are
     bytes_per_token = 2 * elems - (gemm_share if fp8 else 0)  # FP8 keeps GEMM inputs in 1 byte
+    if not flash:  # the local core attention keeps [heads, s, s] scores: fp32 softmax out + bf16 probs
+        bytes_per_token += 6 * m.num_attention_heads / layout.tp * seq / layout.cp
     return tokens * bytes_per_token
 
 
@@ -138,7 +143,7 @@ def trainer_memory(
     microbatches = max(1, -(-rollouts // mbs))
     in_flight = min(layout.pp - stage, microbatches)
     layers = stage_layers(m, layout, stage)
-    full = [layer_activation_bytes(m, i, layout, tokens, fp8) for i in layers]
+    full = [layer_activation_bytes(m, i, layout, tokens, seq, fp8, a.flash_attention) for i in layers]
     if cfg.train.recompute == "full":
         hidden_div = layout.tp if layout.sp else 1
         kept = len(layers) * tokens * 2 * m.hidden_size / hidden_div
