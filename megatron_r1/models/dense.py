@@ -25,9 +25,10 @@ def have_transformer_engine() -> bool:
 
 
 def fp8_kwargs(cfg: ModelConfig) -> dict:
-    """TransformerConfig FP8 fields (``fp8``, ``fp8_recipe``: the same names in megatron-core 0.16 and
-    0.19). TE keeps the bf16 weights as the parameters and casts them for its GEMMs, so the weights synced to
-    the rollout engine are the bf16 ones the FP8 GEMMs were cast from. Refused without Transformer Engine."""
+    """TransformerConfig FP8 fields (``fp8``, ``fp8_recipe``: the same names in megatron-core 0.16.1 and
+    in Megatron-LM's newer transformer_config.py). TE keeps the bf16 weights as the parameters and casts
+    them for its GEMMs, so the weights synced to the rollout engine are the bf16 ones the FP8 GEMMs were cast
+    from. Refused without Transformer Engine."""
     if cfg.fp8 == "off":
         return {}
     if not have_transformer_engine():

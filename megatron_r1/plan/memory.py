@@ -5,14 +5,16 @@ Trainer (Megatron-Core, bf16 with fp32 main params): weights, fp32 gradient buff
 m, v: 12 bytes per 16-bit parameter) sharded over DP (dense) and expert-DP (experts) by the distributed
 optimizer, the frozen KL reference when β > 0, and activations. Activations follow Korthikanti et al. 2022
 ("Reducing Activation Recomputation in Large Transformer Models", the accounting Megatron's docs use),
-written per stored tensor so that GQA, SwiGLU, MoE and MLA shapes are exact: flash attention (no s² term),
-no dropout (masks are not stored), sequence parallel splitting the hidden-sized tensors over TP, full
-recompute keeping only each layer's input, 1F1B keeping min(pp, microbatches) microbatches in flight on
-the first stage. The rollout engine (vLLM: ``gpu_memory_utilization`` of the GPU, weights split over
-``rollout.tensor_parallel`` GPUs, the rest KV cache; native: a full copy on each model-parallel group's first
-rank with KV cache for all of its rollouts) sleeps while the trainer trains (vLLM sleep level 1 or 2, the
-native engine's ``sleep()``: no GPU memory); the trainer keeps weights, gradients and optimizer state on the GPU while the engine generates
-(nothing here offloads them).
+written per stored tensor so that GQA, SwiGLU, MoE and MLA shapes are exact: flash attention (no s² term)
+unless told otherwise, no dropout (masks are not stored), sequence parallel splitting the hidden-sized
+tensors over TP, full recompute keeping only each layer's input, 1F1B keeping min(pp, microbatches)
+microbatches in flight on the first stage.
+
+Rollout engine: vLLM takes ``gpu_memory_utilization`` of the GPU, its weights split over
+``rollout.tensor_parallel`` GPUs and the rest KV cache; the native engine keeps a full copy on each
+model-parallel group's first rank with KV cache for all of that replica's rollouts. Both sleep while the
+trainer trains (vLLM sleep level 1 or 2, the native engine's ``sleep()``: no GPU memory). The trainer keeps
+weights, gradients and optimizer state on the GPU while the engine generates (nothing here offloads them).
 """
 
 from __future__ import annotations

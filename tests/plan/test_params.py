@@ -35,6 +35,12 @@ CASES = {
 }
 
 
+def test_every_registered_family_has_a_case():
+    from megatron_r1.models import families
+
+    assert set(families()) <= {case.split("-")[0] for case in CASES}
+
+
 @pytest.fixture(scope="module")
 def world():
     from megatron_r1.parallel import init_distributed
