@@ -59,6 +59,13 @@ class Plan:
         return max(self.train_phase["total"], self.rollout_phase["total"])
 
     @property
+    def host_gib_per_node(self) -> float:
+        """Host memory a node needs for the engine weights while they sleep (vLLM level 1, native engine)."""
+        lay, node = self.layout, min(self.assumptions.gpus_per_node, self.layout.world)
+        engine_gpus = node if lay.rollout_tp > 1 else max(1, node // (lay.tp * lay.pp * lay.cp))
+        return engine_gpus * self.engine.weights / GIB
+
+    @property
     def tokens_per_s_per_gpu(self) -> float:
         return self.time.tokens / self.time.total / self.layout.world
 

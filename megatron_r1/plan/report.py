@@ -44,6 +44,7 @@ def to_dict(plan: Plan) -> dict[str, Any]:
             "rollout_tp": lay.rollout_tp,
             "engines": lay.engines,
         },
+        "host_gib_per_node_engine_asleep": round(plan.host_gib_per_node, 3),
         "rollout_concurrent_sequences_per_engine": plan.engine.concurrent,
         "rollouts_per_engine": plan.engine.rollouts,
         "model_source": plan.model_source,
@@ -53,6 +54,7 @@ def to_dict(plan: Plan) -> dict[str, Any]:
 
 def to_text(plan: Plan) -> str:
     lay, t, m, cfg = plan.layout, plan.time, plan.model, plan.cfg
+    node = min(plan.assumptions.gpus_per_node, lay.world)
     lines = [
         f"model: {m.preset}, {plan.params.total / 1e9:.2f}B parameters "
         f"({plan.params.active / 1e9:.2f}B active), "
@@ -71,6 +73,10 @@ def to_text(plan: Plan) -> str:
     for part in (*PARTS, "total"):
         lines.append(f"  {part:<18} {plan.train_phase[part]:>30.2f} {plan.rollout_phase[part]:>15.2f}")
     lines += [
+        "resident in both phases: the trainer's weights, gradients, optimizer state"
+        + (" and KL reference" if plan.train_phase["reference"] else "")
+        + " (not offloaded); the engine sleeps while the trainer trains, its weights in host memory "
+        f"({plan.host_gib_per_node:.1f} GiB per node of {node} GPUs)",
         "",
         f"step: {t.total:.1f} s = generation {t.generation:.1f} + train {t.train:.1f} + log-probs "
         f"{t.logprobs:.1f} + weight sync {t.weight_sync:.1f}  ({t.train_flops:.3g} train FLOPs)",

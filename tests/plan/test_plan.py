@@ -79,3 +79,47 @@ def test_recompute_and_more_gpus_reduce_memory():
     assert not none.fits and "activations" in none.reasons[0]
     wider = make_plan(cfg, gpus=16)
     assert wider.train_phase["optimizer"] == pytest.approx(full.train_phase["optimizer"] / 2)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_pipeline_stages_hold_every_parameter_once(tied):
+    """Stages of TP 1 × PP 4 (× EP 4 for experts) partition the model; tied embeddings add the last stage's
+    copy of the output layer, as Megatron builds it."""
+    from megatron_r1.plan.layout import make_layout
+    from megatron_r1.plan.memory import stage_params
+    from megatron_r1.plan.params import model_params
+
+    overrides = [
+        "model.preset=qwen3_moe",
+        "model.num_layers=8",
+        "model.num_experts=8",
+        "model.vocab_size=128",
+        f"model.tie_word_embeddings={str(tied).lower()}",
+        "parallel.pipeline_parallel=4",
+        "parallel.expert_parallel=4",
+        "parallel.world_size=16",
+    ]
+    cfg = load_config(None, overrides)
+    layout = make_layout(cfg)
+    params = model_params(cfg.model)
+    stages = [stage_params(params, cfg.model, layout, s) for s in range(layout.pp)]
+    assert sum(s.experts for s in stages) * layout.ep == params.experts
+    extra = params.embedding if tied else 0
+    assert sum(s.dense for s in stages) + params.experts == params.total + extra
+    assert stages[0].dense > stages[1].dense and stages[-1].dense > stages[1].dense  # embedding / output
+
+
+def test_architecture_comes_from_hf_config_json_when_present(tmp_path):
+    """With hf_path's config.json on this machine the planner reads it (as training does), not the YAML's
+    architecture fields; the plan of the flagship is then the same."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("families", ROOT / "tests" / "models" / "test_families.py")
+    families = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(families)
+    (tmp_path / "config.json").write_text(json.dumps(families.DEEPSEEK_V3_671B))
+    cfg = load_config(FLAGSHIP, [f"model.hf_path={tmp_path}", "model.num_layers=2"])
+    plan = make_plan(cfg)
+    assert plan.model_source == f"{tmp_path}/config.json"
+    assert plan.model.num_layers == 61 and plan.model.params_dtype == "bfloat16"
+    assert plan.params.total == make_plan(load_config(FLAGSHIP)).params.total
