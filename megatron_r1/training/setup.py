@@ -73,6 +73,7 @@ def _resolve_model_config(cfg: Config, tokenizer) -> None:
 
         hf_cfg = model_config_from_hf(cfg.model.hf_path)
         hf_cfg.params_dtype = cfg.model.params_dtype
+        hf_cfg.fp8, hf_cfg.fp8_recipe = cfg.model.fp8, cfg.model.fp8_recipe  # precision is the run's choice
         cfg.model = hf_cfg
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = len(tokenizer)
