@@ -63,8 +63,8 @@ def main(overrides: list[str]) -> int:
     from megatron_r1.training.setup import build_components
 
     cfg = load_config(None, QWEN2_05B + overrides)
-    # Without Transformer Engine Megatron builds the local spec, whose attention stores the s × s scores.
-    plan = make_plan(cfg, gpus=1, assumptions=Assumptions(flash_attention=have_transformer_engine()))
+    # Without Transformer Engine Megatron builds the local spec, which stores more (fp32 norms, scores).
+    plan = make_plan(cfg, gpus=1, assumptions=Assumptions(te_spec=have_transformer_engine()))
     c = build_components(cfg)
     sync_weights(c)
     timer = PeakMemory()

@@ -33,9 +33,9 @@ class Assumptions:
     """Fraction of the trainer's TP / EP communication hidden behind computation."""
     gpus_per_node: int = 8
     """GPUs one NVLink domain holds: groups larger than this cross the inter-node network."""
-    flash_attention: bool = True
-    """Core attention never stores the s × s scores (Transformer Engine's fused / flash attention). False:
-    Megatron's local spec, which keeps fp32 softmax output and bf16 probabilities (6 bytes per score)."""
+    te_spec: bool = True
+    """Transformer Engine layers (fused norm + GEMM, fused attention without s × s scores). False: Megatron's
+    local spec (fp32 norm copies, K / V expanded to every head, scores stored), what runs without TE."""
     reserve_gib: float = 3.0
     """Per GPU: CUDA context, NCCL buffers, allocator fragmentation."""
     engine_workspace_gib: float = 2.0
@@ -60,7 +60,7 @@ ASSUMPTION_DOCS = {
     "link_efficiency": "fraction of NVLink / network bandwidth collectives reach (sync, TP, EP)",
     "comm_overlap": "fraction of the trainer's TP / EP communication hidden behind computation",
     "gpus_per_node": "GPUs per NVLink domain; larger TP / EP / engine groups cross the network",
-    "flash_attention": "no s × s attention scores stored (TE fused attention); False: local spec, 6 B/score",
+    "te_spec": "Transformer Engine layers (fused attention: no s × s scores); False: Megatron's local spec",
     "reserve_gib": "per GPU: CUDA context, NCCL buffers, allocator fragmentation",
     "engine_workspace_gib": "per vLLM engine GPU: batch activations and CUDA graphs (inside its budget)",
 }

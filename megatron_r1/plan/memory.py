@@ -5,10 +5,10 @@ Trainer (Megatron-Core, bf16 with fp32 main params): weights, fp32 gradient buff
 m, v: 12 bytes per 16-bit parameter) sharded over DP (dense) and expert-DP (experts) by the distributed
 optimizer, the frozen KL reference when β > 0, and activations. Activations follow Korthikanti et al. 2022
 ("Reducing Activation Recomputation in Large Transformer Models", the accounting Megatron's docs use),
-written per stored tensor so that GQA, SwiGLU, MoE and MLA shapes are exact: flash attention (no s² term)
-unless told otherwise, no dropout (masks are not stored), sequence parallel splitting the hidden-sized
-tensors over TP, full recompute keeping only each layer's input, 1F1B keeping min(pp, microbatches)
-microbatches in flight on the first stage.
+written per stored tensor so that GQA, SwiGLU, MoE and MLA shapes are exact: Transformer Engine's
+layers (fused attention: no s² term) unless told otherwise, no dropout (masks are not stored), sequence
+parallel splitting the hidden-sized tensors over TP, full recompute keeping only each layer's input, 1F1B
+keeping min(pp, microbatches) microbatches in flight on the first stage.
 
 Rollout engine: vLLM takes ``gpu_memory_utilization`` of the GPU, its weights split over
 ``rollout.tensor_parallel`` GPUs and the rest KV cache; the native engine keeps a full copy on each
@@ -97,18 +97,50 @@ def activation_elements(m: ModelConfig, index: int) -> tuple[float, float, float
     return hidden, split, gemm
 
 
+def local_spec_bytes_per_token(m: ModelConfig, index: int, layout: Layout, seq: float) -> float:
+    """Bytes per token one GPU stores for layer ``index`` on Megatron's local spec (no Transformer Engine),
+    as its autograd graph saves them: each RMSNorm (``WrappedTorchNorm``) keeps its fp32 input and output and
+    the per-row rstd, plus the bf16 cast when a GEMM consumes it; core attention keeps Q and K, V expanded to
+    every head, the fp32 softmax output and the bf16 probabilities; SwiGLU keeps fc1's output, both halves and
+    the product."""
+    h, heads = m.hidden_size, m.num_attention_heads
+    hidden_div = layout.tp if layout.sp else 1
+    norms = 2 * (10 * h + 4) / hidden_div  # input and pre-MLP norms
+    if m.multi_latent_attention:
+        qk, v = m.qk_head_dim + m.qk_pos_emb_head_dim, m.v_head_dim
+        q_lora = m.q_lora_rank or 0
+        norms += (10 * q_lora + 4 if q_lora else 0) + 10 * m.kv_lora_rank + 4  # latent norms feed GEMMs
+        latents = 2 * (m.kv_lora_rank + m.qk_pos_emb_head_dim)
+        attention = latents + (2 * (2 * heads * qk + 2 * heads * v) + 6 * heads * seq) / layout.tp
+    else:
+        d = head_dim(m)
+        if m.qk_layernorm:  # per-head q / k norms: their casts feed RoPE, which keeps no copy
+            norms += (
+                8 * heads * d + 4 * heads + 8 * m.num_query_groups * d + 4 * m.num_query_groups
+            ) / layout.tp
+        attention = (2 * 4 * heads * d + 6 * heads * seq) / layout.tp
+    if is_moe_layer(m, index):
+        f = m.moe_ffn_hidden_size or m.ffn_hidden_size
+        s = m.moe_shared_expert_intermediate_size or 0
+        mlp = (m.moe_router_topk * (2 * h + 10 * f) + 10 * s) / layout.tp + 8 * m.num_experts
+    else:
+        mlp = 10 * m.ffn_hidden_size / layout.tp
+    return norms + attention + mlp
+
+
 def layer_activation_bytes(
-    m: ModelConfig, index: int, layout: Layout, tokens: float, seq: float, fp8: bool, flash: bool
+    m: ModelConfig, index: int, layout: Layout, tokens: float, seq: float, fp8: bool, te: bool
 ) -> float:
     """Bytes one GPU stores for one layer's backward, for ``tokens`` tokens of a microbatch of ``seq``-token
-    sequences."""
+    sequences: the Transformer Engine spec (fused norm + GEMM, fused attention, fused SwiGLU) by
+    :func:`activation_elements`, the local spec by :func:`local_spec_bytes_per_token`."""
     hidden, split, gemm = activation_elements(m, index)
     hidden_div = layout.tp if layout.sp else 1
     elems = hidden / hidden_div + split / layout.tp
     gemm_share = gemm / layout.tp  # roughly: the GEMM inputs split as their layers are
     bytes_per_token = 2 * elems - (gemm_share if fp8 else 0)  # FP8 keeps GEMM inputs in 1 byte
-    if not flash:  # the local core attention keeps [heads, s, s] scores: fp32 softmax out + bf16 probs
-        bytes_per_token += 6 * m.num_attention_heads / layout.tp * seq / layout.cp
+    if not te:
+        bytes_per_token = local_spec_bytes_per_token(m, index, layout, seq / layout.cp)
     return tokens * bytes_per_token
 
 
@@ -145,7 +177,7 @@ def trainer_memory(
     microbatches = max(1, -(-rollouts // mbs))
     in_flight = min(layout.pp - stage, microbatches)
     layers = stage_layers(m, layout, stage)
-    full = [layer_activation_bytes(m, i, layout, tokens, seq, fp8, a.flash_attention) for i in layers]
+    full = [layer_activation_bytes(m, i, layout, tokens, seq, fp8, a.te_spec) for i in layers]
     if cfg.train.recompute == "full":
         hidden_div = layout.tp if layout.sp else 1
         kept = len(layers) * tokens * 2 * m.hidden_size / hidden_div
