@@ -123,3 +123,15 @@ def test_architecture_comes_from_hf_config_json_when_present(tmp_path):
     assert plan.model_source == f"{tmp_path}/config.json"
     assert plan.model.num_layers == 61 and plan.model.params_dtype == "bfloat16"
     assert plan.params.total == make_plan(load_config(FLAGSHIP)).params.total
+
+
+def test_text_report_prints_every_assumption_and_the_hardware_source(capsys):
+    from dataclasses import fields
+
+    from megatron_r1.plan import Assumptions
+
+    assert main(["plan", str(ROOT / "examples" / "configs" / "tiny_cpu_demo.yaml"), "--gpu", "h800"]) == 0
+    out = capsys.readouterr().out
+    for f in fields(Assumptions):
+        assert f"{f.name} = " in out, f.name
+    assert "DeepSeek-V3 technical report" in out and out.rstrip().endswith("fits")
