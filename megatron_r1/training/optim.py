@@ -172,6 +172,11 @@ class MegatronOptimizer:
         # the scale is 1.
         tcfg.grad_scale_func = self.optimizer.scale_loss
         self._has_grad_scaler = bool(tcfg.fp16)
+        # The distributed optimizer's default checkpoint format ('fully_sharded_model_space') writes
+        # ShardedTensors with ``flattened_range``, which megatron-core 0.19's dist_checkpointing refuses
+        # ("ShardedTensor.flattened_range is not supported"). 'dp_reshardable' is what Megatron's training
+        # loop uses: fully parallel, no gather; a resume may change the DP size, not TP / PP.
+        self._ckpt_metadata = {"distrib_optim_sharding_type": "dp_reshardable"} if distributed else None
 
     def zero_grad(self) -> None:
         self.model.zero_grad_buffer()
@@ -203,7 +208,9 @@ class MegatronOptimizer:
         return float(grad_norm if grad_norm is not None else float("nan")), bool(stepped)
 
     def sharded_state_dict(self, model_sharded_state_dict: dict, is_loading: bool = False) -> dict:
-        return self.optimizer.sharded_state_dict(model_sharded_state_dict, is_loading=is_loading)
+        return self.optimizer.sharded_state_dict(
+            model_sharded_state_dict, is_loading=is_loading, metadata=self._ckpt_metadata
+        )
 
     def state_dict(self) -> dict:
         return self.optimizer.state_dict()
