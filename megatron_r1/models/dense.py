@@ -33,6 +33,23 @@ def have_transformer_engine(tcfg) -> bool:
     return True
 
 
+def fp8_kwargs(cfg: ModelConfig) -> dict:
+    """TransformerConfig FP8 fields (``fp8``, ``fp8_recipe``: the same names in megatron-core 0.16.1 and
+    in Megatron-LM's newer transformer_config.py). TE keeps the bf16 weights as the parameters and casts
+    them for its GEMMs, so the weights synced to the rollout engine are the bf16 ones the FP8 GEMMs were cast
+    from. Refused without Transformer Engine."""
+    if cfg.fp8 == "off":
+        return {}
+    if not have_transformer_engine():
+        from megatron_r1.config import ConfigError
+
+        raise ConfigError(
+            f"model.fp8={cfg.fp8} needs Transformer Engine on a GPU (transformer_engine is not importable "
+            "here or there is no CUDA); set model.fp8=off"
+        )
+    return {"fp8": cfg.fp8, "fp8_recipe": cfg.fp8_recipe}
+
+
 def dense_transformer_config(cfg: ModelConfig, parallel: ParallelConfig):
     from megatron.core.transformer import TransformerConfig
 
@@ -77,6 +94,7 @@ def dense_transformer_config(cfg: ModelConfig, parallel: ParallelConfig):
         # own copy, which scales the aux loss per token; Megatron's DDP picks its gradient scaling from it),
         # so it must be set here, before GPTModel, not on the built model.
         calculate_per_token_loss=True,
+        **fp8_kwargs(cfg),
     )
 
 

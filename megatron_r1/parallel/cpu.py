@@ -116,6 +116,11 @@ def apply_cpu_patches() -> None:
     # tensor_parallel.random tracker: the CUDA RNG tracker cannot seed without CUDA.
     tp_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
     tp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+    # tensor_parallel.checkpoint (train.recompute=full): its CheckpointFunction saves and restores CUDA RNG
+    # states; torch's own checkpoint does the same with the CPU generator.
+    import megatron.core.tensor_parallel as tensor_parallel
+
+    tensor_parallel.checkpoint = tp_random.checkpoint = _cpu_checkpoint
     # pipeline_parallel.schedules: forward_backward_* allocate ``total_num_tokens`` with device="cuda"; the
     # module's ``torch`` is swapped for a proxy whose factory functions map a CUDA device to the CPU.
     import megatron.core.pipeline_parallel.schedules as schedules
@@ -123,6 +128,14 @@ def apply_cpu_patches() -> None:
     schedules.torch = _CpuTorchProxy()
     _apply_model_patches()
     _APPLIED = True
+
+
+def _cpu_checkpoint(function, distribute_saved_activations, *args):
+    """``tensor_parallel.random.checkpoint`` on CPU: recompute ``function`` in the backward (the tracker's
+    forked streams are not replayed: the models here have no dropout)."""
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(function, *args, use_reentrant=False, preserve_rng_state=True)
 
 
 @contextlib.contextmanager
