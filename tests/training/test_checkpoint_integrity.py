@@ -182,3 +182,15 @@ def test_second_signal_during_save_abandons_it_atomically(tmp_path, monkeypatch)
     assert not (tmp_path / "checkpoints" / "step_000002").exists()
     assert latest_checkpoint(tmp_path).name == "step_000001"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_convert_refuses_a_damaged_checkpoint_in_one_line(saved_run, tmp_path, capsys):
+    from megatron_r1 import cli
+
+    run_dir = _copy_run(saved_run[0], tmp_path / "run")
+    ckpt = run_dir / "checkpoints" / "step_000003"
+    (ckpt / "model" / "metadata.json").write_text("")
+    assert cli.main(["convert", "megatron-to-hf", str(ckpt), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(ckpt) in err and "model/metadata.json" in err
+    assert not (tmp_path / "hf").exists()
