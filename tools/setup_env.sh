@@ -35,7 +35,7 @@ if ! python -c "import torch" 2>/dev/null; then
     pip install -q --no-compile "torch==2.13.0+cpu" 2>/dev/null ||
         pip install -q --no-compile "torch==2.13.0+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
 fi
-step "torch $(python -c 'import torch; print(torch.__version__)')"
+step "torch $(python -c 'import importlib.metadata as m; print(m.version("torch"))')"
 
 if [ "$job" = demo ]; then
     pip install -q --no-compile -e .

@@ -134,17 +134,22 @@ def _run(c: Components, run_dir: Path, resume: bool, stop: StopRequest) -> dict[
             lambda: save_checkpoint(run_dir, done, c.model, c.optimizer, c.state, reference=reference),
         )
 
+    def stop_if_asked(step: int) -> None:
+        """Between steps: on a signal, save ``step`` (unless saved or none done) and stop."""
+        signum = stop.requested(c.state.device)
+        if signum:
+            ckpt = save(step) if step > start and saved != step else latest_checkpoint(run_dir)
+            raise RunStopped(signum, step, steps, ckpt)
+
     try:
         if start == 0:
+            stop_if_asked(0)  # a signal during setup or warm-up: no evaluation first
             with timer.phase("eval"):
                 evaluation = evaluate(c)
             writer.log(0, evaluation | timer.pop())
         bad = 0
         for step in range(start, steps):
-            signum = stop.requested(c.state.device)
-            if signum:
-                ckpt = save(step) if step > 0 and saved != step else latest_checkpoint(run_dir)
-                raise RunStopped(signum, step, steps, ckpt)
+            stop_if_asked(step)
             metrics = grpo_step(c, step, steps, timer)
             done = step + 1
             if (cfg.eval.every and done % cfg.eval.every == 0) or done == steps:
