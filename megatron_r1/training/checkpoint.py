@@ -33,6 +33,8 @@ from megatron_r1.parallel import ParallelState
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
+_INTERRUPTS = (KeyboardInterrupt, SystemExit)
+"""Exceptions that stop the run rather than describe a failed save or load."""
 
 
 class CheckpointError(RuntimeError):
@@ -223,7 +225,9 @@ def resume_checkpoint(run_dir: str | Path, load: Callable[[Path], int]) -> tuple
         if reason is None:
             try:
                 step = load(path)
-            except Exception as exc:  # any failure to load is a reason to try the one before
+            except _INTERRUPTS:
+                raise
+            except BaseException as exc:  # any failure to load (torch's CheckpointException is no Exception)
                 reason = f"cannot be loaded ({_one_line(exc)})"
         if reason is None:
             if skipped:
@@ -265,8 +269,9 @@ def _find_oserror(exc: BaseException | None, seen: set[int] | None = None) -> OS
     seen.add(id(exc))
     if isinstance(exc, OSError) and exc.errno is not None:
         return exc
-    failures = getattr(exc, "failures", None)
+    failures = getattr(exc, "failures", None)  # rank → exception, or (exception, traceback)
     nested = list(failures.values()) if isinstance(failures, dict) else []
+    nested = [f[0] if isinstance(f, tuple) and f else f for f in nested]
     for inner in [exc.__cause__, exc.__context__, *nested]:
         found = _find_oserror(inner if isinstance(inner, BaseException) else None, seen)
         if found is not None:
@@ -304,7 +309,7 @@ def save_or_explain(run_dir: str | Path, step: int, save: Callable[[], Path]) ->
         return save()
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not isinstance(exc, Exception):
+        if isinstance(exc, _INTERRUPTS):
             raise
         kept = latest_checkpoint(run_dir)
         what = describe_save_error(exc, root)

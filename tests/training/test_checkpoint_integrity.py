@@ -139,7 +139,7 @@ def test_no_intact_checkpoint_is_one_line_listing_them(saved_run, tmp_path):
     assert "\n" not in message and all(f"step_00000{i}" in message for i in (1, 2, 3))
 
 
-@pytest.mark.parametrize("failure", ["enospc", "hidden-enospc"])
+@pytest.mark.parametrize("failure", ["enospc", "hidden-enospc", "dist-checkpoint-enospc"])
 def test_failed_save_is_one_line_and_removes_partial_directory(failure, tmp_path, monkeypatch):
     model, opt, state = _setup()
     save_checkpoint(tmp_path, 1, model, opt, state)
@@ -148,6 +148,10 @@ def test_failed_save_is_one_line_and_removes_partial_directory(failure, tmp_path
     def full_disk(obj, f, *args, **kwargs):
         if failure == "enospc":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if failure == "dist-checkpoint-enospc":  # torch.distributed.checkpoint keeps per-rank failures
+            from torch.distributed.checkpoint.api import CheckpointException
+
+            raise CheckpointException("save", {0: (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), None)})
         real_save({"partial": torch.zeros(10)}, f)  # something was written, then torch's own error
         raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 781184 vs 781072")
 
