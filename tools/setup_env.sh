@@ -20,14 +20,15 @@ case "$job" in demo | test) ;; *) echo "tools/setup_env.sh: unknown job '$job' (
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 [ "${FRESH:-0}" = 1 ] && rm -rf "$VENV"
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+fresh=0
+[ -x "$VENV/bin/python" ] || { "$PYTHON" -m venv "$VENV" && fresh=1; }
 . "$VENV/bin/activate"
 # --no-compile: no bytecode for the ~2 GB installed up front (most of the install time on 2 cores); Python
 # compiles what it imports, once, when it first imports it.
 pip() { python -m pip "$@"; }
 t0=$SECONDS
 step() { echo "setup_env: $1 ($((SECONDS - t0)) s)" >&2; }
-pip install -q --upgrade pip
+[ "$fresh" = 1 ] && pip install -q --upgrade pip
 
 if ! python -c "import torch" 2>/dev/null; then
     # The CPU build by its local version: from the configured indexes / find-links when they carry it, else
