@@ -4,9 +4,17 @@ far longer than any test may wait — is cut off in its helper process and score
 still verify."""
 
 import threading
+import time
 
 from megatron_r1.rewards import math_answer
 from megatron_r1.rewards.math_answer import math_reward
+
+
+def sleepy_reward(completion: str, row: dict) -> float:
+    """A reward with no limit of its own: "hang" keeps it busy for 10 minutes."""
+    if completion == "hang":
+        time.sleep(600)
+    return 1.0
 
 
 def _in_thread(fn, *args):
@@ -25,3 +33,18 @@ def test_runaway_answer_off_the_main_thread_scores_zero(monkeypatch):
     assert _in_thread(math_reward, r"\boxed{\frac{1}{2}}", {"answer": "0.5"}) == 1.0
     assert _in_thread(math_reward, r"\boxed{2\sqrt{2}}", {"answer": r"\sqrt{8}"}) == 1.0
     assert _in_thread(math_reward, r"\boxed{3}", {"answer": "4"}) == 0.0
+
+
+def test_in_process_scorer_off_the_main_thread_bounds_any_reward():
+    """A reward without limits of its own (here one that sleeps for 10 minutes) scored by an in-process
+    scorer from a thread: the scorer uses a worker process with its timeout, the item counts as a timeout."""
+    from megatron_r1.rewards.scorer import RewardScorer
+
+    fns = {"sleepy": sleepy_reward}
+    scorer = RewardScorer({"sleepy": 1.0}, num_workers=0, timeout_s=3.0, reward_fns=fns)
+    try:
+        result = _in_thread(scorer.score, ["hang", "fine"], [{}, {}])
+        assert result.total == [0.0, 1.0] and result.timeouts == 1
+        assert scorer.score(["fine"], [{}]).total == [1.0]  # the main thread still scores in process
+    finally:
+        scorer.close()
