@@ -6,10 +6,10 @@ process, all rewards at once; an item that takes longer than ``timeout_s`` gets 
 replaced and scores 0.0 for every reward (a timeout), as does an item whose worker dies (a crash) or
 whose reward raises (an error). The step and the trainer go on either way.
 
-``num_workers=0`` scores in the calling process (the tiny CPU demo: no process start-up); then only
-the rewards' own limits apply (math-verify's alarm in the main thread, the code sandbox's timeout). Called
-from any other thread, where no signal can interrupt a runaway reward, an in-process scorer uses one worker
-process with the timeout instead (started on first use), so every scoring path is time-bounded.
+``num_workers=0`` scores in the calling process (the tiny CPU demo: no process start-up); then
+a SIGALRM timer bounds each item by ``timeout_s`` in the main thread. Called from any other thread, where no
+signal can interrupt a runaway reward, an in-process scorer uses one worker process with the timeout instead
+(started on first use), so every scoring path is time-bounded.
 The ``code`` reward runs programs in its own sandbox process in both modes.
 
 Reward functions that have a ``score_batch(completions, rows)`` method (the reward models of
@@ -98,14 +98,39 @@ class ScoreResult:
         return out
 
 
-def _score_item(fns: dict, completion: str, row: dict) -> tuple[dict[str, float], str | None]:
+class _ItemTimeout(BaseException):
+    """Raised by the in-process alarm: past the item's deadline (a BaseException, so that no reward's own
+    ``except Exception`` swallows it)."""
+
+
+def _raise_timeout(signum, frame) -> None:
+    raise _ItemTimeout
+
+
+def _score_item(
+    fns: dict, completion: str, row: dict, deadline: float | None = None
+) -> tuple[dict[str, float], str | None]:
+    """Every reward of one item. ``deadline`` (``time.monotonic()``; main thread only) arms SIGALRM before
+    each reward with the time left — re-armed per reward because a reward may use the alarm itself
+    (math-verify) — and raises :class:`_ItemTimeout` when it passes."""
     values, error = {}, None
-    for name, fn in fns.items():
-        try:
-            value = float(fn(completion, row))
-            values[name] = value if math.isfinite(value) else 0.0
-        except Exception as exc:  # a bad item must not stop the batch
-            values[name], error = 0.0, f"{name}: {exc!r}"
+    previous = signal.signal(signal.SIGALRM, _raise_timeout) if deadline is not None else None
+    try:
+        for name, fn in fns.items():
+            if deadline is not None:
+                signal.signal(signal.SIGALRM, _raise_timeout)
+                signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 1e-3))
+            try:
+                value = float(fn(completion, row))
+                values[name] = value if math.isfinite(value) else 0.0
+            except Exception as exc:  # a bad item must not stop the batch
+                values[name], error = 0.0, f"{name}: {exc!r}"
+            finally:
+                if deadline is not None:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        if deadline is not None:
+            signal.signal(signal.SIGALRM, previous)
     return values, error
 
 
@@ -331,8 +356,17 @@ class RewardScorer:
             if pool.num_workers:
                 timeouts, crashes, errors = pool._score_in_pool(completions, rows, values, failed)
             else:
+                # In the main thread (the only one left here) SIGALRM bounds each item.
+                main = threading.current_thread() is threading.main_thread()
                 for i in range(n):
-                    values[i], error = _score_item(self._item_fns, completions[i], rows[i])
+                    deadline = time.monotonic() + self.timeout_s if main else None
+                    try:
+                        values[i], error = _score_item(self._item_fns, completions[i], rows[i], deadline)
+                    except _ItemTimeout:
+                        timeouts += 1
+                        failed[i] = True
+                        logger.warning("reward timeout (%.1f s) on item %d", self.timeout_s, i)
+                        continue
                     if error:
                         errors += 1
                         failed[i] = True

@@ -1,7 +1,8 @@
-"""The math reward is time-bounded whatever thread calls it: off the main thread (where math-verify's own
-signal-based timeout cannot work) a check that runs away — ``9^(9^9)``, which sympy tries to evaluate for
-far longer than any test may wait — is cut off in its helper process and scores 0, while ordinary answers
-still verify."""
+"""Scoring is time-bounded whatever thread calls it. The math reward off the main thread (where
+math-verify's own signal-based timeout cannot work): a check that runs away — ``9^(9^9)``, which sympy tries
+to evaluate for far longer than any test may wait — is cut off in its helper process and scores 0, while
+ordinary answers still verify. Any reward, in an in-process scorer: bounded by the alarm in the main thread,
+by a worker process elsewhere."""
 
 import threading
 import time
@@ -12,7 +13,7 @@ from megatron_r1.rewards.math_answer import math_reward
 
 def sleepy_reward(completion: str, row: dict) -> float:
     """A reward with no limit of its own: "hang" keeps it busy for 10 minutes."""
-    if completion == "hang":
+    if completion.endswith("hang"):
         time.sleep(600)
     return 1.0
 
@@ -48,3 +49,16 @@ def test_in_process_scorer_off_the_main_thread_bounds_any_reward():
         assert scorer.score(["fine"], [{}]).total == [1.0]  # the main thread still scores in process
     finally:
         scorer.close()
+
+
+def test_in_process_scorer_in_the_main_thread_bounds_any_reward():
+    """The same runaway reward scored in the main thread: the alarm cuts it off; math-verify's own use of
+    the alarm in a reward scored before it does not disarm the bound."""
+    from megatron_r1.rewards.scorer import RewardScorer
+
+    fns = {"sleepy": sleepy_reward}
+    scorer = RewardScorer({"math": 1.0, "sleepy": 1.0}, num_workers=0, timeout_s=3.0, reward_fns=fns)
+    rows = [{"answer": "4"}, {"answer": "4"}]
+    result = scorer.score([r"\boxed{4} hang", r"\boxed{4}"], rows)
+    assert result.timeouts == 1 and result.failed == [True, False]
+    assert result.total == [0.0, 2.0]
