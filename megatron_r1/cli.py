@@ -90,6 +90,24 @@ def check_convert_inputs(direction: str, src: str, dst: str) -> None:
         raise ConfigError(f"{src}: neither a .gguf file nor a known name ({', '.join(sorted(GGUF_NAMES))})")
 
 
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from megatron_r1.config import load_config
+    from megatron_r1.plan import Assumptions, make_plan
+    from megatron_r1.plan.report import to_dict, to_text
+
+    cfg = load_config(args.config, args.overrides)
+    assumptions = Assumptions(
+        mean_response_tokens=args.mean_response_tokens, mean_prompt_tokens=args.mean_prompt_tokens
+    )
+    plan = make_plan(cfg, gpus=args.gpus, gpu=args.gpu, assumptions=assumptions)
+    print(json.dumps(to_dict(plan), indent=1) if args.json else to_text(plan))
+    if not plan.fits:
+        print(f"megatron-r1 plan: does not fit: {plan.reasons[0]}", file=sys.stderr)
+    return 0 if plan.fits else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megatron-r1", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--verify", action="store_true", help="compare logits of both sides")
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser("plan", help="per-GPU memory and step time of a config (exit 1 if it does not fit)")
+    p.add_argument("config", help="YAML config")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.add_argument("--gpus", type=int, help="GPU count (default parallel.world_size)")
+    p.add_argument("--gpu", default="H100", help="H100 | H800 | H200 (default H100)")
+    p.add_argument("--mean-response-tokens", type=int, help="mean response length (default: the maximum)")
+    p.add_argument("--mean-prompt-tokens", type=int, help="mean prompt length (default: half the maximum)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_plan)
     return parser
 
 
@@ -150,7 +178,7 @@ def _run(args: argparse.Namespace) -> int:
     from megatron_r1.training.stop import RunAborted, RunStopped
 
     try:
-        args.func(args)
+        status = args.func(args)
     except RunStopped as stop:
         print(f"megatron-r1: {stop}; resume with: {_resume_command(args)}", file=sys.stderr)
         return 128 + stop.signum
@@ -169,7 +197,7 @@ def _run(args: argparse.Namespace) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"megatron-r1: error: {msg}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     args.argv = argv
-    stray = [x for x in extra if x.startswith("-") or "=" not in x or args.command != "train"]
+    stray = [x for x in extra if x.startswith("-") or "=" not in x or args.command not in ("train", "plan")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:

@@ -41,19 +41,19 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written or none could be resumed from (one line: step, path, why)."""
 
 
-def _rng_state() -> dict:
+def _rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
+    if device.type == "cuda":  # the run's device, not whatever GPU is visible (a gloo run stays on CPU)
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -87,17 +87,20 @@ def save_checkpoint(
     if state.is_main and reference is not None:
         (tmp / "reference").mkdir()
     dist.barrier()
-    model_sd = model.sharded_state_dict()
-    dist_checkpointing.save(model_sd, str(tmp / "model"))
+    dist_checkpointing.save(model.sharded_state_dict(), str(tmp / "model"))
     if reference is not None:
         dist_checkpointing.save(reference.sharded_state_dict(), str(tmp / "reference"))
     if sharded_optimizer:  # Megatron's optimizers (the distributed one shards its state over DP ranks)
-        dist_checkpointing.save(optimizer.sharded_state_dict(model_sd), str(tmp / "optimizer"))
+        # From a fresh model dict: the save above rewrote ``model_sd``'s ShardedTensors in place (detached
+        # data, factories applied), so the optimizer could no longer match its params to them ("Param id 0
+        # does not match any model sharded param").
+        optim_sd = optimizer.sharded_state_dict(model.sharded_state_dict())
+        dist_checkpointing.save(optim_sd, str(tmp / "optimizer"))
     torch.save(
         {
             "step": step,
             "optimizer": None if sharded_optimizer else optimizer.state_dict(),
-            "rng": _rng_state(),
+            "rng": _rng_state(state.device),
             "extra": extra or {},
         },
         tmp / f"rank_{state.rank:05d}.pt",
@@ -147,7 +150,7 @@ def load_checkpoint(path: str | Path, model, optimizer, state: ParallelState, re
         optimizer.load_state_dict(dist_checkpointing.load(template, str(path / "optimizer")))
     else:
         optimizer.load_state_dict(blob["optimizer"])
-    _set_rng_state(blob["rng"])
+    _set_rng_state(blob["rng"], state.device)
     return {"step": blob["step"], "extra": blob["extra"]}
 
 
