@@ -116,7 +116,7 @@ except ImportError:
 print(f'python {platform.python_version()}, torch {torch.__version__}, triton {tv}, megatron-core {mc.__version__}, '
       f'megatron_r1 from {megatron_r1.__file__}, device: {dev}')"
 
-step demo 90 1 metrics_summary -- $CLI train --run-dir "$RUNS/demo" log.progress=false log.tensorboard=false
+step demo 90 1 metrics_summary -- $CLI train --run-dir "$RUNS/demo" --overwrite log.progress=false log.tensorboard=false
 
 step gpu_tests 300 0 pytest_summary -- $PY -m pytest -m gpu -p no:cacheprovider -rA tests
 
@@ -132,7 +132,7 @@ step grpo_step_0p5b 120 1 table_summary -- $PY tools/bench_grpo_step.py $QWEN05B
 smollm2_step() {
   local hf=$RUNS/smollm2-hf
   $CLI convert gguf-to-hf smollm2 "$hf" || return 1
-  $CLI train examples/configs/smollm2_135m_addition.yaml --run-dir "$RUNS/smollm2" model.hf_path="$hf" \
+  $CLI train examples/configs/smollm2_135m_addition.yaml --run-dir "$RUNS/smollm2" --overwrite model.hf_path="$hf" \
     model.params_dtype=bfloat16 train.steps=30 eval.every=10 log.progress=false log.tensorboard=false
 }
 export -f smollm2_step
