@@ -73,11 +73,15 @@ class Policy:
     ):
         mb = next(data_iterator)
         tokens = mb["tokens"]
-        positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
-        output = model(tokens, positions, None)
+        # Packed SFT rows bring their own positions and block-diagonal mask (data/sft.py); otherwise plain
+        # causal attention from position 0 is exact (module docstring).
+        positions = mb.get("position_ids")
+        if positions is None:
+            positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+        output = model(tokens, positions, mb.get("attention_mask"))
         return output, partial(self._loss, loss_fn, with_entropy, temperature, multiplier, mb)
 
-    def _aux_loss_tokens(self, batch: dict[str, torch.Tensor]) -> float | None:
+    def _aux_loss_tokens(self, batch: list[dict[str, torch.Tensor]]) -> float | None:
         """Tokens the MoE routers see in this step over all micro-batches and DP ranks, or None for a
         model without router losses.
 
@@ -95,7 +99,9 @@ class Policy:
         ):
             return None
         # Under sequence parallelism a router sees its TP rank's share of the sequence.
-        local = batch["tokens"].numel() // (self.state.tp_size if config.sequence_parallel else 1)
+        local = sum(mb["tokens"].numel() for mb in batch) // (
+            self.state.tp_size if config.sequence_parallel else 1
+        )
         total = torch.tensor(float(local), dtype=torch.float64, device=self.state.device)
         if self.state.dp_size > 1:
             torch.distributed.all_reduce(total, group=self.state.dp_group)
@@ -123,27 +129,34 @@ class Policy:
 
     def run(
         self,
-        batch: dict[str, torch.Tensor],
+        batch: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]],
         loss_fn: LossFn,
         micro_batch_size: int,
         forward_only: bool = False,
         with_entropy: bool = False,
         temperature: float = 1.0,
     ) -> list[dict]:
-        """Forward (+ backward unless ``forward_only``) over ``batch`` in micro-batches; gradients accumulate
-        in ``.grad``. Log-probs (and entropy) are of ``softmax(logits / temperature)``. Returns the
-        per-micro-batch metrics dicts (on the last pipeline stage; [] elsewhere)."""
+        """Forward (+ backward unless ``forward_only``) over ``batch`` in micro-batches of
+        ``micro_batch_size`` rows, or over a list of ready micro-batches (each its own shape: SFT's token
+        budget); gradients accumulate in ``.grad``. Log-probs (and entropy) are of
+        ``softmax(logits / temperature)``. Returns the per-micro-batch metrics dicts (on the last pipeline
+        stage; [] elsewhere)."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
-        n = batch["tokens"].shape[0]
-        micro = [
-            {k: v[i : i + micro_batch_size] for k, v in batch.items()} for i in range(0, n, micro_batch_size)
-        ]
+        if isinstance(batch, dict):
+            n = batch["tokens"].shape[0]
+            micro = [
+                {k: v[i : i + micro_batch_size] for k, v in batch.items()}
+                for i in range(0, n, micro_batch_size)
+            ]
+        else:
+            micro = list(batch)
+            micro_batch_size = max(mb["tokens"].shape[0] for mb in micro)
         self.model.train(not forward_only)
         context = torch.no_grad() if forward_only else torch.enable_grad()
         # MoE aux loss: the schedules scale it by ``grad_scale_func(1)`` and the main loss by
         # ``grad_scale_func`` too, so the scale gets a factor 1 / N and the main loss a factor N.
-        aux_tokens = None if forward_only else self._aux_loss_tokens(batch)
+        aux_tokens = None if forward_only else self._aux_loss_tokens(micro)
         config = self.model.config
         base_scale = config.grad_scale_func  # the optimizer's loss scale (fp16), or None
         if aux_tokens:
@@ -157,7 +170,7 @@ class Policy:
                     data_iterator=iter(micro),
                     model=[self.model],
                     num_microbatches=len(micro),
-                    seq_length=batch["tokens"].shape[1],
+                    seq_length=max(mb["tokens"].shape[1] for mb in micro),
                     micro_batch_size=micro_batch_size,
                     forward_only=forward_only,
                 )
