@@ -14,6 +14,10 @@ def _group(values: Sequence, k: int) -> list[list]:
     return [list(values[i : i + k]) for i in range(0, len(values), k)]
 
 
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def _block(answers, correct, lengths, formats, languages, k: int) -> dict[str, float]:
     """Metrics of problems given as flat per-sample lists (k consecutive samples per problem)."""
     out = summarise(_group(answers, k), _group(correct, k))
@@ -25,7 +29,7 @@ def _block(answers, correct, lengths, formats, languages, k: int) -> dict[str, f
         "length/median": float(statistics.median(lengths)) if lengths else 0.0,
         "length/max": float(max(lengths, default=0)),
         "format_rate": sum(f > 0 for f in formats) / n,
-        "language_consistency": sum(languages) / n,
+        "language_consistency": _mean([x for x in languages if x is not None]),
     }
     return out
 
@@ -36,11 +40,13 @@ def build_report(
     correct: Sequence[float],
     lengths: Sequence[int],
     formats: Sequence[float],
-    languages: Sequence[float],
+    languages: Sequence[float | None],
     k: int,
 ) -> dict:
     """``sources``: one per problem; the other lists: one per sample, k per problem in order →
-    {"k", "overall": {...}, "per_source": {source: {...}}}."""
+    {"k", "overall": {...}, "per_source": {source: {...}}}. ``languages``: the language-consistency reward,
+    None for a sample whose chain of thought has no words (digits only: nothing to be consistent about);
+    the rate is over the others (None when there are none)."""
     if len(correct) != len(sources) * k:
         raise ValueError(f"build_report: {len(correct)} samples for {len(sources)} problems × k={k}")
     report = {"k": k, "overall": _block(answers, correct, lengths, formats, languages, k), "per_source": {}}
@@ -64,6 +70,13 @@ def to_markdown(report: dict) -> str:
     ]
     rows = list(report["per_source"].items()) + [("**all**", report["overall"])]
     for name, block in rows:
-        cells = [f"{block[key]:.1f}" if key.startswith("length") else f"{block[key]:.3f}" for key in keys]
+        cells = [
+            "—"
+            if block[key] is None
+            else f"{block[key]:.1f}"
+            if key.startswith("length")
+            else f"{block[key]:.3f}"
+            for key in keys
+        ]
         lines.append(f"| {name} | {block['problems']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ from megatron_r1.config import Config
 from megatron_r1.data.atomic import write_text_atomic
 from megatron_r1.eval.report import build_report, to_markdown
 from megatron_r1.eval.sampling import gather, sample
+from megatron_r1.rewards.language import chain_of_thought, word_scripts
 from megatron_r1.rewards.math_answer import extract_final_answer
 from megatron_r1.rewards.scorer import RewardScorer
 from megatron_r1.rollout.engine import SamplingParams
@@ -62,10 +63,15 @@ def run_eval(cfg: Config, out_dir: str | Path, data: str | None = None, limit: i
             "source": str(row.get("source", "unknown")),
             "answers": [extract_final_answer(t) for t in texts[i * k : (i + 1) * k]],
             "lengths": [len(comp.token_ids) for comp in completions[i * k : (i + 1) * k]],
+            "texts": texts[i * k : (i + 1) * k],
             **{name: scores.components[name][i * k : (i + 1) * k] for name in names},
         }
         for i, row in enumerate(mine)
     ]
+    for p in per_problem:  # a chain of thought without words has no language to be consistent in
+        p["language"] = [
+            v if word_scripts(chain_of_thought(t)) else None for v, t in zip(p["language"], p.pop("texts"))
+        ]
     per_problem = gather(c, per_problem)
     flat = lambda key: [x for p in per_problem for x in p[key]]  # noqa: E731
     report = build_report(

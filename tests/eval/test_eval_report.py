@@ -31,3 +31,11 @@ def test_report_overall_and_per_source():
 def test_report_checks_its_shapes():
     with pytest.raises(ValueError, match="5 samples for 3 problems"):
         build_report(["a"] * 3, [None] * 5, [0] * 5, [1] * 5, [0] * 5, [0] * 5, k=2)
+
+
+def test_language_rate_skips_samples_without_words():
+    r = build_report(["a"], ["1", "1"], [1, 1], [3, 3], [1, 1], [None, 0.5], k=2)
+    assert r["overall"]["language_consistency"] == 0.5
+    r = build_report(["a"], ["1", "1"], [1, 1], [3, 3], [1, 1], [None, None], k=2)
+    assert r["overall"]["language_consistency"] is None
+    assert "| **all** | 1 | 1.000 | 1.000 | 1.000 | 1.000 | — |" in to_markdown(r)

@@ -87,3 +87,12 @@ def test_finished_stages_are_skipped_and_the_interrupted_one_resumes(tmp_path, m
     assert json.loads((run / "b" / "DONE.json").read_text())["outputs"] == {"checkpoint": str(run / "b")}
     run_pipeline(path, run, resume=True)  # everything done: nothing runs again
     assert len(calls) == 4
+
+
+@pytest.mark.parametrize("name", ["r1_tiny_cpu", "r1_zero", "r1", "distill"])
+def test_shipped_pipelines_load_and_validate(name, tmp_path):
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "examples" / "pipelines" / f"{name}.yaml"
+    stages = load_pipeline(path, tmp_path)
+    assert stages[-1].kind == "eval" and stages[-1].cfg.eval.samples > 1
