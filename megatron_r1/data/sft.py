@@ -9,6 +9,11 @@ the same prompt text in RL; the response is followed by EOS.
 Packing lays several examples end to end in one row. Each example's positions restart at 0 and a
 block-diagonal causal mask keeps it from attending to the others, so a packed row computes exactly what
 the examples would alone (tests/training/test_sft.py checks loss and gradients against unpacked rows).
+Megatron's RoPE is computed from the row length, not from ``position_ids`` (those feed only learned absolute
+position embeddings); it is still exact because RoPE scores depend only on the offset between query and key,
+and the mask keeps both in the same example. The mask is [B, 1, S, S] booleans: fine for the local spec and
+the lengths of CPU runs; at 32k tokens it is 1 GiB per row (Transformer Engine's packed_seq_params, which
+would avoid it, is not wired: sft.pack is refused under TE).
 """
 
 from __future__ import annotations

@@ -29,22 +29,29 @@ from megatron_r1.rollout.engine import SamplingParams
 log = logging.getLogger(__name__)
 
 
-def prompt_chunk(cfg: Config, c, index: int) -> list[dict]:
+def source_rows(cfg: Config) -> list[dict] | None:
+    """The whole prompt source, loaded once (None for the arithmetic generator, which makes rows per
+    chunk)."""
+    if cfg.data.source == "arithmetic":
+        return None
+    from megatron_r1.data.sources import load_source
+
+    options = {
+        "jsonl": {"path": cfg.data.path},
+        "reasoning_gym": {"task": cfg.data.task, "size": cfg.rejection.num_prompts, "seed": cfg.train.seed},
+    }
+    return load_source(cfg.data.source, **options.get(cfg.data.source, {}))
+
+
+def prompt_chunk(cfg: Config, c, index: int, source: list[dict] | None) -> list[dict]:
     """Prompt rows of chunk ``index``: arithmetic — generated training problems (never the held-out
     ones); other sources — consecutive rows of the source."""
     r = cfg.rejection
     first = index * r.chunk_prompts
     count = min(r.chunk_prompts, r.num_prompts - first)
-    if cfg.data.source == "arithmetic":
+    if source is None:
         return c.prompts.rows(1_000_000 + index, count)
-    from megatron_r1.data.sources import load_source
-
-    options = {
-        "jsonl": {"path": cfg.data.path},
-        "reasoning_gym": {"task": cfg.data.task, "size": r.num_prompts},
-    }
-    rows = load_source(cfg.data.source, **options.get(cfg.data.source, {}))
-    return rows[first : first + count]
+    return source[first : first + count]
 
 
 def _sft_row(row: dict, text: str, prompt_id: str, sample_index: int, scores: dict, checkpoint: str) -> dict:
@@ -69,11 +76,11 @@ def _sft_row(row: dict, text: str, prompt_id: str, sample_index: int, scores: di
     return out
 
 
-def _chunk(cfg: Config, c, index: int) -> tuple[list[dict], Counter]:
+def _chunk(cfg: Config, c, index: int, source: list[dict] | None) -> tuple[list[dict], Counter]:
     from megatron_r1.training.grpo import sampling_seed
 
     r, k = cfg.rejection, cfg.rejection.samples_per_prompt
-    rows = prompt_chunk(cfg, c, index)
+    rows = prompt_chunk(cfg, c, index, source)
     params = SamplingParams(
         n=k,
         temperature=cfg.rollout.temperature,
@@ -132,12 +139,15 @@ def run_rejection(cfg: Config, run_dir: str | Path, resume: bool = False) -> Pat
     if c.state.is_main:
         parts.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    source = source_rows(cfg)
+    if source is not None and len(source) < cfg.rejection.num_prompts:
+        cfg.rejection.num_prompts = len(source)
     chunks = math.ceil(cfg.rejection.num_prompts / cfg.rejection.chunk_prompts)
     for index in range(c.state.dp_rank, chunks, c.state.dp_size):
         part = parts / f"part_{index:05d}.jsonl"
         if resume and part.is_file():
             continue
-        rows, reasons = _chunk(cfg, c, index)
+        rows, reasons = _chunk(cfg, c, index, source)
         if c.state.mp_leader:  # the stats first: a part file's existence means its chunk is complete
             write_text_atomic(part.with_suffix(".stats.json"), json.dumps(dict(reasons)))
             write_jsonl_atomic(part, rows)

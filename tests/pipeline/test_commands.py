@@ -51,3 +51,24 @@ def test_rejection_sample_writes_parts_and_resumes(sft_run, tmp_path):
 def test_rejection_sample_needs_weights(tmp_path, capsys):
     assert main(["rejection-sample", "--run-dir", str(tmp_path / "r")]) == 2
     assert "set model.checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_rejection_sample_over_a_jsonl_source(sft_run, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1), "id": f"q{i}"}) + "\n" for i in range(3)
+        )
+    )
+    run = tmp_path / "rs"
+    args = ["rejection-sample", "--run-dir", str(run), f"model.checkpoint={sft_run}", "model.hidden_size=32"]
+    args += ["model.num_attention_heads=2", "data.source=jsonl", f"data.path={prompts}", "data.eval_size=1"]
+    args += ["rejection.num_prompts=10", "rejection.samples_per_prompt=2", "rollout.max_new_tokens=6"]
+    args += ["rejection.max_keep_per_prompt=0", "rejection.max_response_tokens=64"]
+    assert main(args) == 0
+    assert json.loads((run / "stats.json").read_text())["sampled"] == 6  # the 3 rows of the file, 2 each
+    for row in map(json.loads, (run / "data.jsonl").read_text().splitlines()):
+        assert (
+            row["metadata"]["prompt_id"] in ("q0", "q1", "q2") and row["metadata"]["scores"]["exact"] == 1.0
+        )
