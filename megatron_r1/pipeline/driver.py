@@ -127,8 +127,13 @@ def run_pipeline(path: str | Path, run_dir: str | Path, resume: bool = False) ->
         )
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun every rank runs the stages; one writes
     run_dir.mkdir(parents=True, exist_ok=True)
+    saved, text = run_dir / "pipeline.yaml", Path(path).read_text()
+    if resume and saved.is_file() and saved.read_text() != text:
+        log.warning(
+            "pipeline: %s differs from the file this run started with (%s); done stages stay", path, saved
+        )
     if main:
-        write_text_atomic(run_dir / "pipeline.yaml", Path(path).read_text())
+        write_text_atomic(saved, text)
     records: dict[str, dict] = {}
     for stage in stages:
         stage_dir = run_dir / stage.name
