@@ -421,10 +421,20 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file; errors name the file and line."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a YAML config file")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text YAML file (binary content)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    if "\0" in text:
+        raise ConfigError(f"{path}: not a text YAML file (binary content)")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -464,6 +474,7 @@ _CHOICES = {
     ("model", "fp8"): ("off", "hybrid", "e4m3"),
     ("model", "fp8_recipe"): ("delayed", "tensorwise", "blockwise"),
     ("train", "recompute"): ("none", "full"),
+    ("log", "level"): ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
 }
 
 _POSITIVE = (
@@ -480,11 +491,45 @@ _POSITIVE = (
     ("train", "micro_batch_size"),
     ("algorithm", "ppo_epochs"),
     ("rollout", "tensor_parallel"),
+    ("train", "steps"),
+    ("train", "max_bad_steps"),
+    ("eval", "samples"),
+    ("data", "max_prompt_tokens"),
+    ("rollout", "weight_sync_bucket_mb"),
     ("sft", "batch_size"),
     ("sft", "max_tokens_per_micro_batch"),
     ("rejection", "samples_per_prompt"),
     ("rejection", "chunk_prompts"),
 )
+
+# Numeric ranges: (section, key) → (test, what the value must be). Checked in order, each names its key.
+_RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
+    ("train", "lr"): (lambda v: v > 0, "> 0 (0 or less learns nothing or ascends the loss)"),
+    ("train", "min_lr"): (lambda v: v >= 0, ">= 0"),
+    ("train", "sft_lr"): (lambda v: v > 0, "> 0"),
+    ("train", "weight_decay"): (lambda v: v >= 0, ">= 0"),
+    ("train", "adam_beta1"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train", "adam_beta2"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train", "grad_clip"): (lambda v: v >= 0, ">= 0 (0 = off)"),
+    ("train", "save_every"): (lambda v: v >= 0, ">= 0 (0 = only at the end)"),
+    ("train", "warmup_steps"): (lambda v: v >= 0, ">= 0"),
+    ("train", "sft_warmup_steps"): (lambda v: v >= 0, ">= 0"),
+    ("train", "sft_batch_size"): (lambda v: v >= 1, ">= 1"),
+    ("train", "cpu_threads"): (lambda v: v >= 0, ">= 0 (0 = torch's default)"),
+    ("eval", "every"): (lambda v: v >= 0, ">= 0 (0 = only at start and end)"),
+    ("eval", "temperature"): (lambda v: v >= 0, ">= 0 (0 = greedy)"),
+    ("data", "eval_size"): (lambda v: v >= 1, ">= 1 (eval/accuracy needs held-out problems)"),
+    ("reward", "timeout_s"): (lambda v: v > 0, "> 0 (seconds per completion)"),
+    ("reward", "num_workers"): (lambda v: v >= 0, ">= 0 (0 = in process)"),
+    ("rollout", "gpu_memory_utilization"): (lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("algorithm", "overlong_buffer"): (lambda v: v >= 0, ">= 0 (0 = off)"),
+    ("sft", "lr"): (lambda v: v > 0, "> 0"),
+    ("sft", "steps"): (lambda v: v >= 1, ">= 1"),
+    ("sft", "max_seq_len"): (lambda v: v >= 0, ">= 0 (0 = model.max_position_embeddings)"),
+    ("rejection", "num_prompts"): (lambda v: v >= 1, ">= 1"),
+    ("rejection", "max_keep_per_prompt"): (lambda v: v >= 0, ">= 0 (0 = all that pass)"),
+    ("rejection", "min_language_consistency"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
+}
 
 
 def validate(cfg: Config, world_size: int | None = None) -> None:
@@ -497,6 +542,8 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
     for section, key in _POSITIVE:
         if getattr(getattr(cfg, section), key) < 1:
             raise ConfigError(f"{section}.{key} must be >= 1")
+    _validate_ranges(cfg)
+    _validate_learnable(cfg)
     m, p = cfg.model, cfg.parallel
     if m.hf_path is None:
         if m.num_attention_heads % m.num_query_groups:
@@ -545,6 +592,33 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         raise ConfigError("reward.weights is empty: at least one reward is needed")
     if cfg.algorithm.overlong_buffer >= cfg.rollout.max_new_tokens:
         raise ConfigError("algorithm.overlong_buffer must be smaller than rollout.max_new_tokens")
+
+
+def _validate_ranges(cfg: Config) -> None:
+    """Numeric fields outside their meaningful range (:data:`_RANGES`), one line naming the key."""
+    for (section, key), (ok, expected) in _RANGES.items():
+        value = getattr(getattr(cfg, section), key)
+        if not ok(value):
+            raise ConfigError(f"{section}.{key}={value!r} must be {expected}")
+    if cfg.train.min_lr > cfg.train.lr:
+        raise ConfigError(f"train.min_lr={cfg.train.min_lr} must not exceed train.lr={cfg.train.lr}")
+
+
+def _validate_learnable(cfg: Config) -> None:
+    """Settings under which a run would go through the motions and learn nothing."""
+    if cfg.rollout.group_size < 2:
+        raise ConfigError(
+            f"rollout.group_size={cfg.rollout.group_size}: GRPO needs >= 2 completions per prompt (with one, "
+            "every advantage is 0 and nothing is learned)"
+        )
+    if not any(w != 0 for w in cfg.reward.weights.values()):
+        raise ConfigError(f"reward.weights={cfg.reward.weights}: every weight is 0, the reward is constant")
+    m = cfg.model
+    if m.hf_path is None and cfg.rollout.max_new_tokens >= m.max_position_embeddings:
+        raise ConfigError(
+            f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} must be smaller than "
+            f"model.max_position_embeddings={m.max_position_embeddings} (prompt + response must fit)"
+        )
 
 
 def _validate_world(cfg: Config, launched: int | None) -> None:

@@ -116,31 +116,31 @@ except ImportError:
 print(f'python {platform.python_version()}, torch {torch.__version__}, triton {tv}, megatron-core {mc.__version__}, '
       f'megatron_r1 from {megatron_r1.__file__}, device: {dev}')"
 
-step demo 150 1 metrics_summary -- $CLI train --run-dir "$RUNS/demo" log.progress=false log.tensorboard=false
+step demo 90 1 metrics_summary -- $CLI train --run-dir "$RUNS/demo" --overwrite log.progress=false log.tensorboard=false
 
-step gpu_tests 240 0 pytest_summary -- $PY -m pytest -m gpu -q -p no:cacheprovider -rA tests
+step gpu_tests 300 0 pytest_summary -- $PY -m pytest -m gpu -p no:cacheprovider -rA tests
 
-step kernels 90 1 table_summary -- $PY tools/bench_kernels.py --tokens 4096 16384 --vocab 32000 151936 --repeats 10
+step kernels 75 1 table_summary -- $PY tools/bench_kernels.py --quick
 
 QWEN05B="model.preset=qwen2 model.num_layers=24 model.hidden_size=896 model.ffn_hidden_size=4864
   model.num_attention_heads=14 model.num_query_groups=2 model.add_qkv_bias=true model.params_dtype=bfloat16
   model.max_position_embeddings=1024 model.vocab_size=151936 train.sft_warmup_steps=0 data.prompts_per_step=32
   rollout.group_size=8 rollout.max_new_tokens=256 rollout.stop_strings=[] train.micro_batch_size=8"
 # shellcheck disable=SC2086
-step grpo_step_0p5b 180 1 table_summary -- $PY tools/bench_grpo_step.py $QWEN05B --steps 3 --warmup 1
+step grpo_step_0p5b 120 1 table_summary -- $PY tools/bench_grpo_step.py $QWEN05B --steps 3 --warmup 1
 
 smollm2_step() {
   local hf=$RUNS/smollm2-hf
   $CLI convert gguf-to-hf smollm2 "$hf" || return 1
-  $CLI train examples/configs/smollm2_135m_addition.yaml --run-dir "$RUNS/smollm2" model.hf_path="$hf" \
+  $CLI train examples/configs/smollm2_135m_addition.yaml --run-dir "$RUNS/smollm2" --overwrite model.hf_path="$hf" \
     model.params_dtype=bfloat16 train.steps=30 eval.every=10 log.progress=false log.tensorboard=false
 }
 export -f smollm2_step
 export RUNS CLI
-step smollm2 180 1 metrics_summary -- bash -c smollm2_step
+step smollm2 150 1 metrics_summary -- bash -c smollm2_step
 
 if [ -f tools/plan_vs_measured.py ]; then
-  step plan 90 1 last_lines -- $PY tools/plan_vs_measured.py
+  step plan 60 1 last_lines -- $PY tools/plan_vs_measured.py
 fi
 
 # ------------------------------------------------------------------------------------------------- table

@@ -56,7 +56,7 @@ def main(overrides: list[str]) -> int:
         print("skipped: no CUDA")
         return 0
     from megatron_r1.config import load_config
-    from megatron_r1.models.dense import have_transformer_engine
+    from megatron_r1.models.dense import transformer_engine_importable
     from megatron_r1.plan import Assumptions, make_plan
     from megatron_r1.plan.memory import GIB
     from megatron_r1.training.grpo import grpo_step, sync_weights
@@ -64,7 +64,7 @@ def main(overrides: list[str]) -> int:
 
     cfg = load_config(None, QWEN2_05B + overrides)
     # Without Transformer Engine Megatron builds the local spec, which stores more (fp32 norms, scores).
-    plan = make_plan(cfg, gpus=1, assumptions=Assumptions(te_spec=have_transformer_engine()))
+    plan = make_plan(cfg, gpus=1, assumptions=Assumptions(te_spec=transformer_engine_importable()))
     c = build_components(cfg)
     sync_weights(c)
     timer = PeakMemory()

@@ -33,12 +33,20 @@ def eval_rows(cfg: Config, c, data: str | None, limit: int) -> list[dict]:
 def run_eval(cfg: Config, out_dir: str | Path, data: str | None = None, limit: int = 0) -> dict:
     """Evaluate ``cfg.model.checkpoint`` (k = ``eval.samples`` at ``eval.temperature`` / ``eval.top_p``);
     writes OUT_DIR/report.json and report.md atomically and returns the report."""
-    from megatron_r1.training.grpo import sampling_seed, sync_weights
-    from megatron_r1.training.setup import build_components
+    from megatron_r1.training.setup import build_components, close_components
 
     if data not in (None, "heldout") and not Path(data).is_file():
         raise FileNotFoundError(f"--data {data}: file not found")
     c = build_components(cfg)
+    try:
+        return _evaluate(cfg, c, out_dir, data, limit)
+    finally:
+        close_components(c)
+
+
+def _evaluate(cfg: Config, c, out_dir: str | Path, data: str | None, limit: int) -> dict:
+    from megatron_r1.training.grpo import sampling_seed, sync_weights
+
     sync_weights(c)
     e, k = cfg.eval, cfg.eval.samples
     rows = eval_rows(cfg, c, data, limit)

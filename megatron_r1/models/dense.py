@@ -22,10 +22,7 @@ def on_gpu(tcfg) -> bool:
     return not tcfg.use_cpu_initialization
 
 
-def have_transformer_engine(tcfg) -> bool:
-    """Transformer Engine layers: only when TE imports and the model is built on the GPU."""
-    if not on_gpu(tcfg):
-        return False
+def transformer_engine_importable() -> bool:
     try:
         import transformer_engine  # noqa: F401
     except ImportError:
@@ -33,14 +30,19 @@ def have_transformer_engine(tcfg) -> bool:
     return True
 
 
-def fp8_kwargs(cfg: ModelConfig) -> dict:
+def have_transformer_engine(tcfg) -> bool:
+    """Transformer Engine layers: only when TE imports and the model is built on the GPU."""
+    return on_gpu(tcfg) and transformer_engine_importable()
+
+
+def fp8_kwargs(cfg: ModelConfig, gpu: bool) -> dict:
     """TransformerConfig FP8 fields (``fp8``, ``fp8_recipe``: the same names in megatron-core 0.16.1 and
     in Megatron-LM's newer transformer_config.py). TE keeps the bf16 weights as the parameters and casts
     them for its GEMMs, so the weights synced to the rollout engine are the bf16 ones the FP8 GEMMs were cast
     from. Refused without Transformer Engine."""
     if cfg.fp8 == "off":
         return {}
-    if not have_transformer_engine():
+    if not (gpu and transformer_engine_importable()):
         from megatron_r1.config import ConfigError
 
         raise ConfigError(
@@ -94,7 +96,7 @@ def dense_transformer_config(cfg: ModelConfig, parallel: ParallelConfig):
         # own copy, which scales the aux loss per token; Megatron's DDP picks its gradient scaling from it),
         # so it must be set here, before GPTModel, not on the built model.
         calculate_per_token_loss=True,
-        **fp8_kwargs(cfg),
+        **fp8_kwargs(cfg, gpu),
     )
 
 

@@ -127,14 +127,22 @@ def _chunk(cfg: Config, c, index: int, source: list[dict] | None) -> tuple[list[
 def run_rejection(cfg: Config, run_dir: str | Path, resume: bool = False) -> Path:
     """Rejection-sample ``cfg.model.checkpoint`` over ``rejection.num_prompts`` prompts; returns the path of
     the merged JSONL (``RUN_DIR/data.jsonl``)."""
-    from megatron_r1.training.grpo import sync_weights
-    from megatron_r1.training.setup import build_components
+    from megatron_r1.training.setup import build_components, close_components
 
     if not cfg.model.checkpoint and not cfg.model.hf_path:
         raise ConfigError("rejection sampling needs weights: set model.checkpoint (or model.hf_path)")
     run_dir = Path(run_dir)
     parts = run_dir / "parts"
     c = build_components(cfg)
+    try:
+        return _run(cfg, c, run_dir, parts, resume)
+    finally:
+        close_components(c)
+
+
+def _run(cfg: Config, c, run_dir: Path, parts: Path, resume: bool) -> Path:
+    from megatron_r1.training.grpo import sync_weights
+
     sync_weights(c)
     if c.state.is_main:
         parts.mkdir(parents=True, exist_ok=True)

@@ -178,3 +178,15 @@ def snapshot_reference(c: Components) -> None:
     """Freeze the current policy as the KL reference π_ref (the base model the run starts from)."""
     if c.reference is not None:
         c.reference.model.load_state_dict(c.model.state_dict())
+
+
+def close_components(c: Components) -> None:
+    """Stop what a run started beside the trainer: the reward worker processes, the rollout engine (its
+    ``close()`` / ``shutdown()`` where it has one). Safe to call twice."""
+    for scorer in (c.scorer, c.eval_scorer):
+        scorer.close()
+    for name in ("close", "shutdown"):
+        method = getattr(c.engine, name, None)
+        if callable(method):
+            method()
+            break

@@ -12,16 +12,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
 
 from megatron_r1.config import Config, ConfigError
 from megatron_r1.data.sft import Example, encode_example, micro_batches, read_sft_jsonl
-from megatron_r1.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from megatron_r1.training.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint
 from megatron_r1.training.metrics import MetricsWriter, Progress
 from megatron_r1.training.optim import lr_at
-from megatron_r1.training.setup import Components, build_components
+from megatron_r1.training.rundir import check_run_dir
+from megatron_r1.training.setup import Components, build_components, close_components
 from megatron_r1.training.sft import sft_step
 
 log = logging.getLogger(__name__)
@@ -92,18 +94,32 @@ def run_sft(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str,
     s = cfg.sft
     if s.data is not None and not Path(s.data).is_file():
         raise ConfigError(f"sft.data={s.data}: file not found")
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_run_dir(run_dir, resume, overwrite=False)
     c = build_components(cfg)
+    try:
+        return _run(cfg, c, run_dir, resume)
+    finally:
+        close_components(c)
+
+
+def _run(cfg: Config, c: Components, run_dir: Path, resume: bool) -> dict[str, float]:
+    s = cfg.sft
     _check(cfg, c)
     pool = file_examples(cfg, c) if s.data is not None else None
     main = c.state.is_main
+    start = 0
+    found = None
+    if resume:  # the newest intact checkpoint (manifest verified), before anything is written
+        found = resume_checkpoint(
+            run_dir, lambda p: load_checkpoint(p, c.model, c.optimizer, c.state)["step"]
+        )
+    if found is not None:
+        start = found[1]
+        log.info("sft: resumed from %s at step %d", found[0], start)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    start = 0
-    ckpt = latest_checkpoint(run_dir) if resume else None
-    if ckpt is not None:
-        start = load_checkpoint(ckpt, c.model, c.optimizer, c.state)["step"]
-        log.info("sft: resumed from %s at step %d", ckpt, start)
     schedule = dataclasses.replace(cfg.train, lr=s.lr)
     writer = MetricsWriter(run_dir, enabled=main, tensorboard=cfg.log.tensorboard, resume_step=start)
     progress = Progress(s.steps, start_step=start, enabled=main and cfg.log.progress)

@@ -6,10 +6,10 @@ import pytest
 
 from megatron_r1.config import ConfigError, ModelConfig, ParallelConfig
 from megatron_r1.models import get_family
-from megatron_r1.models.dense import fp8_kwargs, have_transformer_engine
+from megatron_r1.models.dense import fp8_kwargs, transformer_engine_importable
 
 
-@pytest.mark.skipif(have_transformer_engine(), reason="Transformer Engine is importable here")
+@pytest.mark.skipif(transformer_engine_importable(), reason="Transformer Engine is importable here")
 @pytest.mark.parametrize("preset", ["qwen2", "qwen3_moe"])
 def test_fp8_is_refused_without_transformer_engine(preset):
     cfg = ModelConfig(
@@ -27,9 +27,9 @@ def test_fp8_fields_are_megatrons():
 
     names = {f.name for f in fields(TransformerConfig)}
     assert {"fp8", "fp8_recipe"} <= names
-    assert fp8_kwargs(ModelConfig()) == {}
-    if have_transformer_engine():
-        kwargs = fp8_kwargs(ModelConfig(fp8="e4m3", fp8_recipe="tensorwise"))
+    assert fp8_kwargs(ModelConfig(), gpu=False) == {}
+    if transformer_engine_importable():
+        kwargs = fp8_kwargs(ModelConfig(fp8="e4m3", fp8_recipe="tensorwise"), gpu=True)
         tcfg = get_family("llama").transformer_config(
             ModelConfig(fp8="e4m3", fp8_recipe="tensorwise"), ParallelConfig()
         )

@@ -17,6 +17,7 @@ DEMO = [
     "train.save_every=3",
     "train.sft_warmup_steps=50",
     "eval.every=3",
+    "data.eval_size=16",
     "log.tensorboard=false",
     "log.progress=false",
 ]
@@ -83,6 +84,7 @@ def test_fp16_loss_is_scaled_like_the_optimizer_unscales():
 
 @pytest.mark.parametrize("distributed", [False, True], ids=["plain", "distributed-optimizer"])
 def test_kill_9_then_resume_matches_uninterrupted_on_cuda(tmp_path, monkeypatch, distributed):
+    """Three CLI runs per optimizer, ~35-40 s each on one H100 (mostly start-up and kernel compilation)."""
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS in both runs
     args = [*DEMO, f"parallel.distributed_optimizer={str(distributed).lower()}"]
     a, b = straight_and_resumed(tmp_path, args, kill_after="step_000003", timeout=300)
