@@ -114,6 +114,7 @@ def _sft(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.overrides)
     run_dir = args.run_dir or os.path.join("runs", "sft-" + time.strftime("%Y%m%d-%H%M%S"))
+    args.run_dir = run_dir  # for the resume command printed after a stop
     metrics = run_sft(cfg, run_dir, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"done: {run_dir} (final sft/loss {metrics.get('sft/loss', float('nan')):.4f})")
@@ -125,6 +126,7 @@ def _rejection_sample(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.overrides)
     run_dir = args.run_dir or os.path.join("runs", "rs-" + time.strftime("%Y%m%d-%H%M%S"))
+    args.run_dir = run_dir
     out = run_rejection(cfg, run_dir, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(out)
