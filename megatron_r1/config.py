@@ -107,6 +107,9 @@ class ModelConfig:
     """YaRN mscale."""
     rope_mscale_all_dim: float = 0.0
     """YaRN mscale_all_dim."""
+    checkpoint: str | None = None
+    """Megatron checkpoint whose model weights start the run (after hf_path): a run directory (its latest
+    checkpoint) or a ``checkpoints/step_N`` directory; the optimizer is fresh. Pipeline stages chain by it."""
     fp8: str = "off"
     """FP8 GEMMs through Transformer Engine: off | hybrid (E4M3 forward, E5M2 gradients) | e4m3 (E4M3 both);
     needs transformer_engine and a GPU (Megatron ``TransformerConfig.fp8``)."""
@@ -277,6 +280,49 @@ class EvalConfig:
 
 
 @dataclass
+class SFTConfig:
+    data: str | None = None
+    """SFT JSONL (rows ``prompt`` + ``completion``, or ``messages`` ending with the assistant's turn); None
+    = worked additions of the built-in arithmetic task (the demo's warm-up data)."""
+    steps: int = 100
+    """Optimizer steps (the data is cycled, reshuffled every epoch)."""
+    lr: float = 3e-3
+    """Peak learning rate (cosine/linear/constant per train.lr_schedule, train.warmup_steps)."""
+    batch_size: int = 32
+    """Examples (documents) per optimizer step, over all data-parallel ranks."""
+    max_tokens_per_micro_batch: int = 2048
+    """Token budget of one forward/backward: rows × row length, padding included."""
+    pack: bool = True
+    """Pack several examples into one row (positions restart at 0, block-diagonal causal attention); needs
+    the local layer spec (Transformer Engine would need packed_seq_params: not implemented)."""
+    max_seq_len: int = 0
+    """Longest example / packed row in tokens (0 = model.max_position_embeddings); longer examples are
+    dropped."""
+    carry_noise: float | None = None
+    """Built-in arithmetic data only: share of traces that forget carries (None = data.carry_noise)."""
+
+
+@dataclass
+class RejectionConfig:
+    num_prompts: int = 256
+    """Prompts to sample from (the first N of the source; arithmetic: N generated training problems)."""
+    samples_per_prompt: int = 4
+    """k completions per prompt, at rollout.temperature / rollout.top_p."""
+    max_keep_per_prompt: int = 1
+    """Kept (correct, readable, distinct) completions per prompt at most; 0 = all that pass."""
+    min_language_consistency: float = 0.95
+    """Language-mixing filter: least share of chain-of-thought words in the row's language."""
+    max_paragraph_chars: int = 2000
+    """Over-long paragraph filter: longest blank-line-separated paragraph of the reasoning, in characters."""
+    allow_code_in_reasoning: bool = False
+    """Keep completions with a fenced code block (```) inside the chain of thought."""
+    max_response_tokens: int = 0
+    """Length filter: longest kept response in tokens (0 = rollout.max_new_tokens)."""
+    chunk_prompts: int = 64
+    """Prompts per resumable chunk (each chunk's kept rows are written atomically as one part file)."""
+
+
+@dataclass
 class LogConfig:
     tensorboard: bool = True
     """Write TensorBoard scalars under RUN_DIR/tensorboard."""
@@ -296,6 +342,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rejection: RejectionConfig = field(default_factory=RejectionConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -455,6 +503,10 @@ _POSITIVE = (
     ("eval", "samples"),
     ("data", "max_prompt_tokens"),
     ("rollout", "weight_sync_bucket_mb"),
+    ("sft", "batch_size"),
+    ("sft", "max_tokens_per_micro_batch"),
+    ("rejection", "samples_per_prompt"),
+    ("rejection", "chunk_prompts"),
 )
 
 # Numeric ranges: (section, key) → (test, what the value must be). Checked in order, each names its key.
@@ -478,6 +530,12 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("reward", "num_workers"): (lambda v: v >= 0, ">= 0 (0 = in process)"),
     ("rollout", "gpu_memory_utilization"): (lambda v: 0 < v <= 1, "in (0, 1]"),
     ("algorithm", "overlong_buffer"): (lambda v: v >= 0, ">= 0 (0 = off)"),
+    ("sft", "lr"): (lambda v: v > 0, "> 0"),
+    ("sft", "steps"): (lambda v: v >= 1, ">= 1"),
+    ("sft", "max_seq_len"): (lambda v: v >= 0, ">= 0 (0 = model.max_position_embeddings)"),
+    ("rejection", "num_prompts"): (lambda v: v >= 1, ">= 1"),
+    ("rejection", "max_keep_per_prompt"): (lambda v: v >= 0, ">= 0 (0 = all that pass)"),
+    ("rejection", "min_language_consistency"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
 }
 
 

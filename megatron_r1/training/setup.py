@@ -113,6 +113,10 @@ def build_components(cfg: Config) -> Components:
         from megatron_r1.convert.checkpoint import load_hf_weights
 
         load_hf_weights(model, cfg.model.hf_path, cfg.model)
+    if cfg.model.checkpoint:  # an earlier stage's weights (pipeline), after any HF ones
+        from megatron_r1.training.checkpoint import load_model_weights
+
+        log.info("model weights from %s", load_model_weights(cfg.model.checkpoint, model))
     reference = None
     if cfg.algorithm.kl_coef > 0:  # the frozen reference; its weights are set by snapshot_reference()
         ref_model = build_model(cfg.model, cfg.parallel, state.is_first_stage, state.is_last_stage)
