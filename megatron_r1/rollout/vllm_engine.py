@@ -277,6 +277,7 @@ class VLLMEngine:
         kwargs.update(llm_kwargs)
         llm = vllm.LLM(**kwargs)
         self._attach(llm, vllm.SamplingParams, max_model_len, sleep_level, tokenizer, sleep_mode)
+        self.spmd = distributed_executor_backend == "external_launcher"
 
     def _attach(
         self,
@@ -293,6 +294,8 @@ class VLLMEngine:
         self.max_model_len = max_model_len
         self.sleep_level = sleep_level
         self.sleep_mode = sleep_mode
+        self.spmd = False
+        """Every rank runs the engine (external_launcher): generate through ``rollout.spmd``."""
         self._decode = _make_decode(tokenizer) if tokenizer is not None else None
         self._weights_asleep = False
         self._kv_asleep = False
