@@ -149,6 +149,9 @@ class RolloutConfig:
     enable_expert_parallel) instead of sharding each expert."""
     kv_cache_gb: float = 1.0
     """vLLM on CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE, unless set in the environment)."""
+    quantization: str = "none"
+    """vLLM only: none | fp8 (vLLM's online FP8 weight quantisation, redone after every weight update by
+    reload_weights); refused at start-up where the engine cannot run it."""
 
 
 @dataclass
@@ -393,6 +396,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 _CHOICES = {
     ("parallel", "backend"): ("auto", "nccl", "gloo"),
     ("rollout", "engine"): ("native", "vllm"),
+    ("rollout", "quantization"): ("none", "fp8"),
     ("algorithm", "advantage"): ("grpo", "dr_grpo"),
     ("algorithm", "loss_agg"): ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
     ("data", "source"): ("arithmetic", "jsonl", "reasoning_gym", "humaneval"),
@@ -495,6 +499,8 @@ def _validate_rollout_layout(r: RolloutConfig, world_size: int | None) -> None:
             f"rollout.tensor_parallel / rollout.expert_parallel apply to rollout.engine=vllm only "
             f"(the {r.engine} engine runs on each model-parallel leader)"
         )
+    if r.engine != "vllm" and r.quantization != "none":
+        raise ConfigError(f"rollout.quantization={r.quantization} needs rollout.engine=vllm")
     if r.expert_parallel not in (1, r.tensor_parallel):
         raise ConfigError(
             f"rollout.expert_parallel={r.expert_parallel} must be 1 or rollout.tensor_parallel="

@@ -227,7 +227,8 @@ class VLLMEngine:
         distributed_executor_backend: "auto" (external_launcher under torchrun with several ranks,
             the in-process uniproc executor otherwise) or an explicit vLLM value.
         kv_cache_gb: CPU only: ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV cache) unless already set.
-        **llm_kwargs: passed on to ``vllm.LLM`` (e.g. ``max_num_seqs``, ``quantization``).
+        **llm_kwargs: passed on to ``vllm.LLM`` (e.g. ``max_num_seqs``; ``quantization``: where the engine
+            cannot start with it, the error is one line naming it).
     """
 
     def __init__(
@@ -275,7 +276,15 @@ class VLLMEngine:
             logprobs_mode="processed_logprobs",
         )
         kwargs.update(llm_kwargs)
-        llm = vllm.LLM(**kwargs)
+        try:
+            llm = vllm.LLM(**kwargs)
+        except Exception as err:
+            quantization = kwargs.get("quantization")
+            if not quantization:
+                raise
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+            where = f"this vLLM ({vllm.__version__}) cannot run it here"
+            raise RuntimeError(f"rollout.quantization={quantization}: {where}: {reason}") from err
         self._attach(llm, vllm.SamplingParams, max_model_len, sleep_level, tokenizer, sleep_mode)
         self.spmd = distributed_executor_backend == "external_launcher"
 

@@ -168,7 +168,9 @@ def build_vllm_engine(cfg: Config, state: ParallelState, tokenizer, model, to_hf
     hf_path = engine_hf_dir(
         cfg.model, tokenizer, lambda: hf_weight_buckets(model, state, to_hf, bucket_bytes)
     )
-    llm_kwargs = {"enable_expert_parallel": True} if r.expert_parallel > 1 else {}
+    llm_kwargs: dict = {"enable_expert_parallel": True} if r.expert_parallel > 1 else {}
+    if r.quantization != "none":
+        llm_kwargs["quantization"] = r.quantization
     return build_engine(
         r.engine,
         hf_path=hf_path,

