@@ -68,16 +68,19 @@ def _train_worker(rank: int, run_dir: str, overrides: list[str]) -> tuple[list[d
 
 
 @pytest.mark.parametrize(
-    "layout",
+    ("layout", "common"),
     [
-        ["parallel.tensor_parallel=2", "rollout.tensor_parallel=2"],  # one rollout replica over both ranks
-        ["rollout.tensor_parallel=1"],  # trainer DP 2, two rollout replicas
+        # trainer TP 2, one rollout replica over both ranks (vLLM TP 2)
+        (["parallel.tensor_parallel=2", "rollout.tensor_parallel=2"], []),
+        # trainer DP 2, two rollout replicas; no SFT warm-up, whose examples depend on the DP rank
+        (["rollout.tensor_parallel=1"], ["train.sft_warmup_steps=0"]),
     ],
     ids=["rollout_tp2", "rollout_dp2"],
 )
-def test_vllm_grpo_two_processes(tmp_path, layout) -> None:
-    one = run_workers(_train_worker, 1, tmp_path / "one", str(tmp_path / "one"), SMALL, timeout=1500)[0][0]
-    two = run_workers(_train_worker, 2, tmp_path / "two", str(tmp_path / "two"), SMALL + layout, timeout=1500)
+def test_vllm_grpo_two_processes(tmp_path, layout, common) -> None:
+    small = SMALL + common
+    one = run_workers(_train_worker, 1, tmp_path / "one", str(tmp_path / "one"), small, timeout=1500)[0][0]
+    two = run_workers(_train_worker, 2, tmp_path / "two", str(tmp_path / "two"), small + layout, timeout=1500)
     same = [
         {k: v for k, v in last.items() if not k.startswith("time/") and k != "tokens_per_s"}
         for _, last in two
@@ -88,4 +91,4 @@ def test_vllm_grpo_two_processes(tmp_path, layout) -> None:
     for got, want in zip(rows[1:], one[1:]):
         assert got["logprob_diff"] < 1e-5  # the sampler (vLLM in the rollout layout) has the trained weights
         for key in ("reward/mean", "response_length/mean", "loss", "entropy", "grad_norm"):
-            assert math.isclose(got[key], want[key], rel_tol=1e-3, abs_tol=1e-5), (key, got[key], want[key])
+            assert math.isclose(got[key], want[key], rel_tol=1e-3, abs_tol=1e-5), (key, rows, one)
