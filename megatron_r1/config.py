@@ -141,6 +141,8 @@ class RolloutConfig:
     """Size of the buckets that carry weights from the trainer to the engine."""
     gpu_memory_utilization: float = 0.5
     """vLLM only: share of GPU memory the colocated engine may take."""
+    cuda_graphs: bool = True
+    """Native engine on CUDA: replay the decode step from CUDA graphs (false: eager, e.g. to rule them out)."""
 
 
 @dataclass

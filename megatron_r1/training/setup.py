@@ -125,6 +125,7 @@ def build_components(cfg: Config) -> Components:
             device=state.device,
             dtype=dtype[cfg.model.params_dtype],
             max_batch_size=max(64, cfg.data.prompts_per_step * cfg.rollout.group_size),
+            cuda_graphs=cfg.rollout.cuda_graphs,
         )
     else:
         # vLLM (colocated): one engine per trainer rank over the full, resharded weights (TP=1);
