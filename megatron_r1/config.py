@@ -142,7 +142,7 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5
     """vLLM only: share of GPU memory the colocated engine may take."""
     cuda_graphs: bool = True
-    """Native engine on CUDA: replay the decode step from CUDA graphs (false: eager, e.g. to rule them out)."""
+    """Native engine on CUDA: replay the decode step from CUDA graphs (false: eager decoding)."""
 
 
 @dataclass
