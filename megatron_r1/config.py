@@ -143,6 +143,9 @@ class RolloutConfig:
     """vLLM only: share of GPU memory the colocated engine may take."""
     cuda_graphs: bool = True
     """Native engine on CUDA: replay the decode step from CUDA graphs (false: eager decoding)."""
+    offload_on_sleep: bool = False
+    """Native engine: between rollouts move the weights to host memory and free the KV cache and CUDA
+    graphs (re-captured every step, ~0.3 s at 0.5B on an H100); false keeps them on the GPU."""
 
 
 @dataclass

@@ -158,6 +158,27 @@ def _time_hf(model, prompts, args) -> float:
     return elapsed
 
 
+def _profile(engine: NativeEngine, width: int, sampling: SamplingParams, iters: int = 50) -> None:
+    """Milliseconds of one decode step (graph replay or eager) and one sampling step at ``width`` rows."""
+    engine.generate([[1, 2, 3]] * width, SamplingParams(max_new_tokens=2, seed=0))  # state at this width
+    state = engine._state
+    out = torch.empty(state.num_slots, dtype=torch.long, device=engine.device)
+    out_lp = torch.empty(state.num_slots, device=engine.device)
+    parts = {
+        "decode step": lambda: state.graphs(width) if state.graphs else state.decode(width, state.max_len),
+        "sampling step": lambda: engine._sample(state, width, sampling, 1, out, out_lp),
+    }
+    for name, fn in parts.items():
+        fn()
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for _ in range(iters):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        print(f"{name} at width {width}: {begin.elapsed_time(end) / iters:.3f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -175,6 +196,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--no-transformers", action="store_true", help="time the native engine only")
     parser.add_argument("--no-cuda-graphs", action="store_true")
+    parser.add_argument(
+        "--offload-on-sleep", action="store_true", help="sleep() frees cache/graphs and offloads weights"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="CUDA: time one decode step and one sampling step"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -185,6 +212,7 @@ def main() -> None:
     kwargs = dict(device=args.device, dtype=DTYPES[args.dtype], max_batch_size=max(64, rows))
     if args.no_cuda_graphs:
         kwargs["cuda_graphs"] = False
+    kwargs["offload_on_sleep"] = args.offload_on_sleep
     engine = NativeEngine(model.config.to_dict(), tokenizer or _NoTokenizer(), **kwargs)
     engine.update_weights(model.state_dict().items())
     sampling = SamplingParams(n=args.samples, temperature=1.0, max_new_tokens=args.new_tokens, seed=0)
@@ -218,6 +246,8 @@ def main() -> None:
     if "transformers" in medians:
         ratio = medians["transformers"] / medians["native"]
         print(f"| ratio native / transformers (tokens/s) | | {ratio:.2f} |")
+    if cuda and args.profile:
+        _profile(engine, rows, sampling)
     if cuda:
         print(f"captured decode widths: {widths or 'none (eager)'}; first call (with capture): {first:.3f} s")
 

@@ -9,6 +9,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 python3 -m pytest -q -p no:cacheprovider -m gpu tests/rollout/test_rollout_native_cuda.py
 Q05="--model qwen2-0.5b --device cuda --dtype bfloat16 --prompts 32 --samples 8 --new-tokens 256 --no-transformers"
-python3 tools/bench_rollout.py $Q05 --repeats 3
+python3 tools/bench_rollout.py $Q05 --repeats 3 --profile
+python3 tools/bench_rollout.py $Q05 --repeats 2 --offload-on-sleep
 python3 tools/bench_rollout.py $Q05 --repeats 1 --no-cuda-graphs
 python3 tools/bench_rollout.py --model random --device cuda --dtype float32 --repeats 3

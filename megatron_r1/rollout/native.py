@@ -136,6 +136,9 @@ class NativeEngine:
             warning, if capture fails). Ignored on CPU.
         sync_every: decode steps between host reads of the sampled tokens (stop checks, slot
             refills). None: 1 on CPU (no wasted steps), 16 on GPUs (no per-token host sync).
+        offload_on_sleep: ``sleep()`` gives memory back (KV cache, graphs, and the weights to host
+            memory on GPUs); CUDA graphs are then re-captured after every ``wake_up`` (~0.3 s for a
+            0.5B model on an H100). False keeps everything resident between steps.
 
     Weights start randomly initialised; load them with ``update_weights``.
     """
@@ -149,6 +152,7 @@ class NativeEngine:
         max_batch_size: int = 64,
         cuda_graphs: bool = True,
         sync_every: int | None = None,
+        offload_on_sleep: bool = True,
     ) -> None:
         if isinstance(model_config, dict):
             model_config = NativeModelConfig.from_hf_config(model_config)
@@ -164,6 +168,7 @@ class NativeEngine:
         if sync_every < 1:
             raise ValueError(f"sync_every must be >= 1, got {sync_every}")
         self.sync_every = sync_every
+        self.offload_on_sleep = offload_on_sleep
         self.model = NativeCausalLM(model_config).to(device=self.device, dtype=dtype).eval()
         self.model.requires_grad_(False)
         self._decode = _make_decode(tokenizer)
@@ -208,7 +213,11 @@ class NativeEngine:
         return self.model.state_dict().items()
 
     def sleep(self) -> None:
-        """Free the KV cache and CUDA graphs; on an accelerator also move the weights to host memory."""
+        """With ``offload_on_sleep``: free the KV cache and CUDA graphs, and on an accelerator move the
+        weights to host memory. Without: keep all three in place (no re-allocation, no re-capture)."""
+        if not self.offload_on_sleep:
+            self._asleep = True
+            return
         self._state = None
         if self.device.type != "cpu":
             self.model.to("cpu")
@@ -218,7 +227,7 @@ class NativeEngine:
 
     def wake_up(self) -> None:
         """Bring the weights back to ``device``; cache and graphs are rebuilt by ``generate``."""
-        if self.device.type != "cpu":
+        if self.offload_on_sleep and self.device.type != "cpu":
             self.model.to(self.device)
         self._asleep = False
 

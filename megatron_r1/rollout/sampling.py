@@ -89,12 +89,13 @@ def sample_tokens(
         ``log_softmax(logits / temperature)`` at the drawn token — from the full, temperature-scaled
         distribution, *not* renormalised over the nucleus (temperature 1 when greedy).
     """
-    logits = logits.float()
     if temperature == 0:
-        logprobs = torch.log_softmax(logits, dim=-1)
+        logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
         tokens = logits.argmax(dim=-1)
     else:
-        logprobs = torch.log_softmax(logits / temperature, dim=-1)
+        # Few passes over [B, V]: on GPUs the sampler is memory-bound (V ~ 150k for Qwen).
+        scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
+        logprobs = torch.log_softmax(scaled, dim=-1)
         sample_logp = logprobs
         if top_p < 1.0:
             sorted_logp, order = logprobs.sort(dim=-1, descending=True)
@@ -105,9 +106,10 @@ def sample_tokens(
             drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
             sample_logp = logprobs.masked_fill(drop, float("-inf"))
         # Inverse-CDF sampling: one uniform per row (torch.multinomial draws one exponential per
-        # vocabulary entry, ~10x slower at V=50k). float64 keeps the CDF monotone and exact enough
-        # that tokens outside the nucleus (probability 0) are never hit.
-        cdf = torch.softmax(sample_logp, dim=-1).double().cumsum_(dim=-1)
+        # vocabulary entry, ~10x slower at V=50k). The CDF of exp(log-probs) is summed in float64 so
+        # it stays monotone and exact enough that tokens outside the nucleus (probability 0) are
+        # never hit; it is not renormalised, the uniform is scaled by its last entry instead.
+        cdf = torch.cumsum(sample_logp.exp(), dim=-1, dtype=torch.float64)
         if uniforms is None:
             u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype)
         else:

@@ -126,6 +126,7 @@ def build_components(cfg: Config) -> Components:
             dtype=dtype[cfg.model.params_dtype],
             max_batch_size=max(64, cfg.data.prompts_per_step * cfg.rollout.group_size),
             cuda_graphs=cfg.rollout.cuda_graphs,
+            offload_on_sleep=cfg.rollout.offload_on_sleep,
         )
     else:
         # vLLM (colocated): one engine per trainer rank over the full, resharded weights (TP=1);
