@@ -20,7 +20,7 @@ def _tokens(out):
 
 def _stop_token(engine) -> int:
     """A token that ends some greedy rows early and not others (so rows finish at different steps)."""
-    out = engine.generate(MORE_PROMPTS, SamplingParams(temperature=0, max_new_tokens=16))
+    out = engine.generate(MORE_PROMPTS, SamplingParams(temperature=0, max_new_tokens=12))
     counts = torch.bincount(torch.tensor([t for c in out for t in set(c.token_ids)]), minlength=VOCAB)
     return int(((counts - len(out) / 2).abs()).argmin())
 
@@ -124,7 +124,7 @@ def test_decode_at_per_row_positions_equals_full_forward(llama_engine) -> None:
 def test_continuous_batching_greedy_equals_one_at_a_time(llama) -> None:
     big = make_engine(llama, max_batch_size=64)
     stop = _stop_token(big)
-    sampling = SamplingParams(n=3, temperature=0, max_new_tokens=16, stop_token_ids=(stop,))
+    sampling = SamplingParams(n=3, temperature=0, max_new_tokens=12, stop_token_ids=(stop,))
     alone = [c for p in MORE_PROMPTS for c in big.generate([p], sampling)]
     assert len({len(c.token_ids) for c in alone}) > 1  # rows finish at different steps
     for engine in (
@@ -140,22 +140,21 @@ def test_continuous_batching_greedy_equals_one_at_a_time(llama) -> None:
 
 
 def test_seeded_sampling_independent_of_batching(llama) -> None:
-    sampling = SamplingParams(
-        n=4, temperature=1.0, top_p=0.95, max_new_tokens=12, seed=7, stop_token_ids=(5,)
-    )
-    reference = make_engine(llama, max_batch_size=64).generate(MORE_PROMPTS, sampling)
-    for kwargs in ({"max_batch_size": 1}, {"max_batch_size": 3, "sync_every": 5}):
-        assert _tokens(make_engine(llama, **kwargs).generate(MORE_PROMPTS, sampling)) == _tokens(reference)
+    prompts = MORE_PROMPTS[:5]
+    sampling = SamplingParams(n=3, temperature=1.0, top_p=0.95, max_new_tokens=8, seed=7, stop_token_ids=(5,))
+    reference = make_engine(llama, max_batch_size=64).generate(prompts, sampling)
+    for kwargs in ({"max_batch_size": 2}, {"max_batch_size": 4, "sync_every": 3}):
+        assert _tokens(make_engine(llama, **kwargs).generate(prompts, sampling)) == _tokens(reference)
     # A prompt's rows are rows p*n .. p*n+n-1 of the call: alone, prompt 0 draws what it drew among all.
-    assert _tokens(make_engine(llama).generate(MORE_PROMPTS[:1], sampling)) == _tokens(reference[:4])
+    assert _tokens(make_engine(llama).generate(prompts[:1], sampling)) == _tokens(reference[:3])
 
 
 def test_sync_every_drops_tokens_after_a_stop_string(llama) -> None:
     tok = CharTokenizer()
     base = make_engine(llama)
-    greedy = base.generate(PROMPTS, SamplingParams(temperature=0, max_new_tokens=20))
+    greedy = base.generate(PROMPTS, SamplingParams(temperature=0, max_new_tokens=12))
     stop = tok.decode(greedy[1].token_ids)[5:8]
-    sampling = SamplingParams(temperature=0, max_new_tokens=20, stop_strings=(stop,))
+    sampling = SamplingParams(temperature=0, max_new_tokens=12, stop_strings=(stop,))
     expected = base.generate(PROMPTS, sampling)
     out = make_engine(llama, max_batch_size=2, sync_every=6).generate(PROMPTS, sampling)
     assert _tokens(out) == _tokens(expected)
@@ -173,3 +172,11 @@ def test_cache_is_reused_across_calls_and_freed_by_sleep(llama) -> None:
     assert engine._state is None
     engine.wake_up()
     assert _tokens(engine.generate(PROMPTS, sampling)) == _tokens(first)
+    resident = make_engine(llama, max_batch_size=8, offload_on_sleep=False)
+    resident.generate(PROMPTS, sampling)
+    state = resident._state
+    resident.sleep()
+    with pytest.raises(RuntimeError, match="wake_up"):
+        resident.generate(PROMPTS, sampling)
+    resident.wake_up()
+    assert _tokens(resident.generate(PROMPTS, sampling)) == _tokens(first) and resident._state is state

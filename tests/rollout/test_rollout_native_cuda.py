@@ -55,3 +55,15 @@ def test_graphs_seeded_sampling_and_logprob_contract() -> None:
     engine.sleep()
     engine.wake_up()
     assert _tokens(engine.generate(PROMPTS, sampling)) == _tokens(first)
+
+
+def test_resident_engine_keeps_its_graphs_across_sleep() -> None:
+    hf = make_hf_model("qwen2", tied=True)
+    engine = make_engine(hf, device="cuda", offload_on_sleep=False)
+    sampling = SamplingParams(n=2, temperature=1.0, max_new_tokens=20, seed=1)
+    first = engine.generate(PROMPTS, sampling)
+    graphs = engine._state.graphs
+    engine.sleep()
+    engine.wake_up()
+    assert _tokens(engine.generate(PROMPTS, sampling)) == _tokens(first)
+    assert engine._state.graphs is graphs and graphs.widths  # no re-capture
