@@ -158,6 +158,7 @@ def _time_hf(model, prompts, args) -> float:
     return elapsed
 
 
+@torch.inference_mode()  # the engine's buffers are inference tensors
 def _profile(engine: NativeEngine, width: int, sampling: SamplingParams, iters: int = 50) -> None:
     """Milliseconds of one decode step (graph replay or eager) and one sampling step at ``width`` rows."""
     engine.generate([[1, 2, 3]] * width, SamplingParams(max_new_tokens=2, seed=0))  # state at this width
