@@ -325,13 +325,11 @@ class NativeEngine:
             logprobs = block_logprobs[:width, :steps].tolist()
             for slot, row_id in list(scheduler.row_of.items()):
                 row = rows[row_id]
-                for token, logprob in zip(tokens[slot], logprobs[slot]):
-                    row.token_ids.append(token)
-                    row.logprobs.append(logprob)
-                    row.finish_reason = stop(row)
-                    if row.finish_reason:
-                        break
-                if row.finish_reason:
+                keep, reason = stop(row, tokens[slot])
+                row.token_ids.extend(tokens[slot][:keep])
+                row.logprobs.extend(logprobs[slot][:keep])
+                if reason:
+                    row.finish_reason = reason
                     scheduler.release(slot)
 
     def _sample(
@@ -374,7 +372,13 @@ class NativeEngine:
 
 
 class _StopCheck:
-    """``row -> finish_reason or None`` after the row's latest token (host side)."""
+    """``(row, new_tokens) -> (tokens kept, finish_reason or None)`` after a block of sampled tokens.
+
+    Per token, in order: a stop token or a completed stop string ends the row ("stop", the token is
+    kept), else reaching the budget does ("length"). Stop strings are searched in the decoded last
+    ``tail`` tokens; the whole block is decoded once first and scanned token by token only when it
+    holds a stop string, so a block of k tokens costs one decode, not k.
+    """
 
     def __init__(self, sampling: SamplingParams, decode: Callable[[list[int]], str]) -> None:
         self.stop_ids = set(sampling.stop_token_ids)
@@ -383,13 +387,23 @@ class _StopCheck:
         # A stop string of c characters spans at most c tokens, or ~4c for byte-level pieces.
         self.tail = 4 * max((len(s) for s in self.stop_strings), default=0) + 4
 
-    def __call__(self, row: _Row) -> str | None:
-        if row.token_ids[-1] in self.stop_ids:
-            return "stop"
+    def _has_stop_string(self, token_ids: list[int]) -> bool:
+        text = self.decode(token_ids)
+        return any(s in text for s in self.stop_strings)
+
+    def __call__(self, row: _Row, new_tokens: list[int]) -> tuple[int, str | None]:
+        left = row.budget - len(row.token_ids)
+        keep = min(len(new_tokens), left)
+        reason = "length" if keep == left else None
+        for i in range(keep):
+            if new_tokens[i] in self.stop_ids:
+                keep, reason = i + 1, "stop"
+                break
         if self.stop_strings:
-            text = self.decode(row.token_ids[-self.tail :])
-            if any(s in text for s in self.stop_strings):
-                return "stop"
-        if len(row.token_ids) >= row.budget:
-            return "length"
-        return None
+            window = row.token_ids[-self.tail :] + new_tokens[:keep]
+            if self._has_stop_string(window):
+                before = len(window) - keep
+                for i in range(keep):
+                    if self._has_stop_string(window[: before + i + 1][-self.tail :]):
+                        return i + 1, "stop"
+        return keep, reason
