@@ -4,6 +4,7 @@
 #SBATCH --gpus-per-node=8
 #SBATCH --exclusive
 # Multi-node: one torchrun per node under Slurm, rendezvous on the first node.
+# Hardware, time and result: those of the config it launches (stated in the config's header).
 # Usage: examples/launch/slurm_multinode.sh CONFIG [k=v ...]
 # Run outside a job, it submits itself with --nodes = parallel.world_size / 8 (the config's layout, which
 # `megatron-r1 plan CONFIG` checks); inside the job the trainer checks the world size against it again.

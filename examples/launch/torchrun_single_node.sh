@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One node: megatron-r1 under torchrun (NCCL). Usage: torchrun_single_node.sh CONFIG [k=v ...]
 # Processes: NPROC if set, else the config's parallel.world_size, else every GPU of the node.
+# Hardware, time and result: those of the config it launches (stated in the config's header).
 set -euo pipefail
 if [ -z "${NPROC:-}" ] && [[ "${1:-}" == *.y*ml ]]; then
   NPROC=$(python -c 'import sys; from megatron_r1.config import load_config

@@ -3,8 +3,8 @@
 A reward function is ``fn(completion: str, row: dict) -> float``: ``completion`` is the generated
 text (after the prompt), ``row`` the dataset row the prompt came from (``answer``, ``tests``,
 ``language``, ...). Functions register themselves with :func:`register`; :func:`get` returns one by
-name. Built in (imported lazily): ``exact``, ``format``, ``format_r1``, ``language``, ``math``,
-``code``, ``code_strict``, ``reasoning_gym``. Reward models need a path and are registered at run
+name. Built in (imported lazily): ``exact``, ``last_number``, ``format``, ``format_r1``, ``language``,
+``math``, ``code``, ``code_strict``, ``reasoning_gym``. Reward models need a path and are registered at run
 time (:mod:`megatron_r1.rewards.reward_model`). :class:`megatron_r1.rewards.scorer.RewardScorer`
 scores batches with weights, in worker processes with per-item timeouts.
 """
