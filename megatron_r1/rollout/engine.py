@@ -154,9 +154,9 @@ def _import_lazy(name: str) -> None:
 
 def build_engine(name: str, **kwargs: Any) -> Engine:
     """Build the rollout engine registered as ``name`` with ``kwargs``."""
-    if name not in _REGISTRY:
-        if name not in _LAZY:
-            raise KeyError(f"unknown rollout engine {name!r}; available: {available_engines()}")
+    if name not in _REGISTRY and name not in _LAZY:
+        raise KeyError(f"unknown rollout engine {name!r}; available: {available_engines()}")
+    if name in _LAZY:  # also when registered already: the engine's own package must be importable
         _import_lazy(name)
         if name not in _REGISTRY:
             raise RuntimeError(f"importing {_LAZY[name]} did not register rollout engine {name!r}")

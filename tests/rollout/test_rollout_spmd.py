@@ -36,7 +36,7 @@ def test_rollout_layout_is_validated() -> None:
     cfg.rollout.tensor_parallel = 4
     cfg.data.prompts_per_step = 12
     validate(cfg, world_size=4)
-    with pytest.raises(ConfigError, match="world size 6 is not divisible by rollout.tensor_parallel=4"):
+    with pytest.raises(ConfigError, match="rollout.tensor_parallel=4 must divide the world size 6"):
         validate(cfg, world_size=6)
     cfg.rollout.expert_parallel = 2
     with pytest.raises(ConfigError, match="rollout.expert_parallel=2 must be 1 or rollout.tensor_parallel=4"):
