@@ -46,27 +46,6 @@ def load_tokenizer(cfg: Config):
     return CharTokenizer()
 
 
-def native_engine_config(cfg: Config):
-    from megatron_r1.rollout.native_model import NativeModelConfig
-
-    m = cfg.model
-    return NativeModelConfig(
-        vocab_size=m.vocab_size,
-        hidden_size=m.hidden_size,
-        intermediate_size=m.ffn_hidden_size,
-        num_layers=m.num_layers,
-        num_heads=m.num_attention_heads,
-        num_kv_heads=m.num_query_groups,
-        head_dim=m.kv_channels,
-        rope_theta=m.rotary_base,
-        rms_norm_eps=m.norm_epsilon,
-        qkv_bias=m.add_qkv_bias,
-        tie_word_embeddings=m.tie_word_embeddings,
-        max_position_embeddings=m.max_position_embeddings,
-        qk_norm=m.qk_layernorm,
-    )
-
-
 def _resolve_model_config(cfg: Config, tokenizer) -> None:
     if cfg.model.hf_path:
         from megatron_r1.models.hf import model_config_from_hf
@@ -87,6 +66,7 @@ def build_components(cfg: Config) -> Components:
     from megatron_r1.config import validate
     from megatron_r1.convert import get_adapter
     from megatron_r1.models import build_model
+    from megatron_r1.rollout.backends import build_inprocess_engine
     from megatron_r1.rollout.engine import IdleEngine, build_engine
 
     if not torch.cuda.is_available() and cfg.train.cpu_threads > 0:
@@ -118,12 +98,12 @@ def build_components(cfg: Config) -> Components:
     if not state.mp_leader:  # only the first rank of a TP × PP group generates (grpo.generate_once)
         engine = IdleEngine()
     elif cfg.rollout.engine == "native":
-        engine = build_engine(
-            "native",
-            model_config=native_engine_config(cfg),
-            tokenizer=tokenizer,
-            device=state.device,
-            dtype=dtype[cfg.model.params_dtype],
+        # The hand-written decoder for dense families, transformers' classes for MoE / MLA (backends.py).
+        engine = build_inprocess_engine(
+            cfg,
+            tokenizer,
+            state.device,
+            dtype[cfg.model.params_dtype],
             max_batch_size=max(64, cfg.data.prompts_per_step * cfg.rollout.group_size),
         )
     else:
