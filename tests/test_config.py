@@ -49,6 +49,8 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
         (["parallel.pipeline_parallel=4", "model.num_layers=2"], "pipeline_parallel=4 must divide"),
         (["algorithm.loss_agg=sum"], "expected one of token-mean"),
         (["rollout.temperature=0"], "temperature must be > 0"),
+        (["rollout.dtype=fp8"], r"rollout\.dtype='fp8': expected one of float32"),
+        (["algorithm.tis_clip=-1"], r"algorithm\.tis_clip=-1\.0 must be >= 0"),
     ],
 )
 def test_impossible_settings_fail_early(overrides, message):
@@ -92,3 +94,35 @@ def test_prompts_per_step_must_split_over_data_parallel_ranks():
     validate(cfg, world_size=2)
     with pytest.raises(ConfigError, match="prompts_per_step=6 must be divisible by the data-parallel size 4"):
         validate(cfg, world_size=4)
+
+
+def test_world_size_is_checked_against_the_layout_and_the_launcher():
+    cfg = load_config(
+        None, ["parallel.world_size=4", "parallel.tensor_parallel=2", "data.prompts_per_step=2"]
+    )
+    validate(cfg, world_size=4)
+    with pytest.raises(ConfigError, match=r"parallel.world_size=4 but the launcher started 2 processes"):
+        validate(cfg, world_size=2)
+    with pytest.raises(
+        ConfigError, match=r"world size 6 is not divisible by tensor_parallel × pipeline_parallel"
+    ):
+        load_config(None, ["parallel.world_size=6", "parallel.tensor_parallel=4", "model.num_query_groups=4"])
+    with pytest.raises(ConfigError, match=r"expert_parallel=2 must divide the data-parallel size 1"):
+        load_config(
+            None, ["parallel.world_size=2", "parallel.tensor_parallel=2", "parallel.expert_parallel=2"]
+        )
+    with pytest.raises(ConfigError, match=r"rollout.tensor_parallel=4 must divide the world size 2"):
+        load_config(None, ["parallel.world_size=2", "rollout.tensor_parallel=4"])
+    # The prompts' split over DP is a property of the launched run, checked at start.
+    with pytest.raises(
+        ConfigError, match=r"prompts_per_step=2 must be divisible by the data-parallel size 4"
+    ):
+        validate(load_config(None, ["data.prompts_per_step=2"]), world_size=4)
+
+
+def test_fp8_and_recompute_choices():
+    assert load_config(None, ["model.fp8=hybrid", "model.fp8_recipe=blockwise"]).model.fp8 == "hybrid"
+    with pytest.raises(ConfigError, match=r"model.fp8='e5m2': expected one of off, hybrid, e4m3"):
+        load_config(None, ["model.fp8=e5m2"])
+    with pytest.raises(ConfigError, match=r"train.recompute='selective': expected one of none, full"):
+        load_config(None, ["train.recompute=selective"])

@@ -103,6 +103,7 @@ def _grpo_loss(
     adv_ptr,  # [N] or [B]
     mask_ptr,  # [N]
     ref_logp_ptr,  # [N] (only HAS_REF)
+    pg_weight_ptr,  # [N] (only HAS_WEIGHT): multiplies the policy-gradient term (TIS)
     loss_ptr,  # [N] f32 out: masked per-token loss
     dloss_ptr,  # [N] f32 out: d loss / d logp (masked)
     partial_ptr,  # [num_programs, 3] f32 out: (clipped, kl, mask) sums
@@ -113,9 +114,10 @@ def _grpo_loss(
     beta,
     ADV_PER_TOKEN: tl.constexpr,
     HAS_REF: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """Clipped surrogate + beta * k3 KL per token, with its derivative and partial sums."""
+    """(weight *) clipped surrogate + beta * k3 KL per token, with its derivative and partial sums."""
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < n_tokens
@@ -135,6 +137,10 @@ def _grpo_loss(
     is_clipped = clipped > unclipped
     loss = tl.where(is_clipped, clipped, unclipped)
     dloss = tl.where(is_clipped, 0.0, unclipped)
+    if HAS_WEIGHT:
+        pg_weight = tl.where(on, tl.load(pg_weight_ptr + offs, mask=valid, other=0).to(tl.float32), 0.0)
+        loss = loss * pg_weight
+        dloss = dloss * pg_weight
     kl = tl.zeros((BLOCK,), tl.float32)
     if HAS_REF:
         ref = tl.where(on, tl.load(ref_logp_ptr + offs, mask=valid, other=0).to(tl.float32), 0.0)

@@ -26,8 +26,9 @@ def _grpo_loss_op(
     clip_low: float,
     clip_high: float,
     beta: float,
+    pg_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """All inputs contiguous [B, T] (advantages [B] or [B, T]).
+    """All inputs contiguous [B, T] (advantages [B] or [B, T]; pg_weights [B, T] or None).
 
     Returns (per_token_loss [B, T], clip_fraction [], kl_mean [], dloss_dlogp [B, T]) float32.
     """
@@ -50,6 +51,7 @@ def _grpo_loss_op(
             advantages,
             mask,
             ref_logprobs if ref_logprobs is not None else logprobs,
+            pg_weights if pg_weights is not None else logprobs,
             loss,
             dloss,
             partial,
@@ -60,6 +62,7 @@ def _grpo_loss_op(
             beta,
             ADV_PER_TOKEN=advantages.dim() == 2,
             HAS_REF=ref_logprobs is not None,
+            HAS_WEIGHT=pg_weights is not None,
             BLOCK=_BLOCK,
         )
     clipped, kl_sum, mask_sum = partial.sum(0).unbind()
@@ -72,7 +75,17 @@ def _cdiv(a: int, b: int) -> int:
 
 
 @_grpo_loss_op.register_fake
-def _(logprobs, old_logprobs, advantages, response_mask, ref_logprobs, clip_low, clip_high, beta):
+def _(
+    logprobs,
+    old_logprobs,
+    advantages,
+    response_mask,
+    ref_logprobs,
+    clip_low,
+    clip_high,
+    beta,
+    pg_weights=None,
+):
     loss = logprobs.new_empty(logprobs.shape, dtype=torch.float32)
     scalar = logprobs.new_empty((), dtype=torch.float32)
     return loss, scalar, scalar.clone(), torch.empty_like(loss)
@@ -87,7 +100,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_loss, _grad_clip, _grad_kl, _grad_dloss):
     (dloss,) = ctx.saved_tensors
     grad = None if grad_loss is None else (grad_loss * dloss).to(ctx.logprobs_dtype)
-    return grad, None, None, None, None, None, None, None
+    return grad, None, None, None, None, None, None, None, None
 
 
 _grpo_loss_op.register_autograd(_backward, setup_context=_setup_context)
@@ -103,6 +116,7 @@ def grpo_loss(
     clip_high: float = 0.2,
     beta: float = 0.0,
     impl: str = "auto",
+    pg_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GRPO per-token loss (R1 paper Eq. 1-2): clipped surrogate + beta * k3 KL, masked.
 
@@ -115,6 +129,8 @@ def grpo_loss(
         clip_low, clip_high: the ratio is clipped to [1 - clip_low, 1 + clip_high].
         beta: weight of the k3 KL term.
         impl: "triton", "torch" or "auto" (Triton for CUDA tensors when importable).
+        pg_weights: [B, T] constant per-token weights of the clipped-surrogate term (not of the KL),
+            e.g. truncated importance weights for sampler/trainer mismatch; None = 1.
 
     Returns:
         (per_token_loss [B, T] float32, zero where the mask is 0; clip_fraction scalar: masked
@@ -124,11 +140,14 @@ def grpo_loss(
     """
     args = (logprobs, old_logprobs, advantages, response_mask, ref_logprobs)
     if not use_triton(impl, logprobs):
-        return grpo_loss_reference(*args, clip_low=clip_low, clip_high=clip_high, beta=beta)
+        return grpo_loss_reference(
+            *args, clip_low=clip_low, clip_high=clip_high, beta=beta, pg_weights=pg_weights
+        )
     if logprobs.dim() != 2 or advantages.dim() not in (1, 2):
         raise ValueError("logprobs must be [B, T] and advantages [B] or [B, T]")
     contiguous = [None if t is None else t.contiguous() for t in args]
+    weights = None if pg_weights is None else pg_weights.detach().float().contiguous()
     loss, clip_fraction, kl_mean, _ = _grpo_loss_op(
-        *contiguous, float(clip_low), float(clip_high), float(beta)
+        *contiguous, float(clip_low), float(clip_high), float(beta), weights
     )
     return loss, clip_fraction, kl_mean

@@ -99,8 +99,9 @@ def grpo_loss_reference(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     beta: float = 0.0,
+    pg_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """GRPO per-token loss: clipped surrogate (R1 paper Eq. 1) plus beta * k3 KL (Eq. 2).
+    """GRPO per-token loss: (pg_weights *) clipped surrogate (R1 paper Eq. 1) plus beta * k3 KL (Eq. 2).
 
     loss_t = -min(r_t A, clip(r_t, 1 - clip_low, 1 + clip_high) A) + beta * KL_k3,
     r_t = exp(logp_t - old_logp_t), KL_k3 = exp(ref - logp) - (ref - logp) - 1.
@@ -111,6 +112,7 @@ def grpo_loss_reference(
         advantages: [B] (one per sequence) or [B, T].
         response_mask: [B, T] bool / int / float; 0 marks tokens that do not count.
         ref_logprobs: [B, T] reference-policy log-probs, or None (no KL term, kl_mean = 0).
+        pg_weights: [B, T] constant weights of the surrogate term (e.g. TIS), or None.
 
     Returns:
         per_token_loss [B, T] float32 (0 where the mask is 0, scaled by float mask weights);
@@ -133,6 +135,8 @@ def grpo_loss_reference(
     clipped = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     loss = torch.maximum(unclipped, clipped)
     is_clipped = (clipped > unclipped).detach()
+    if pg_weights is not None:
+        loss = loss * torch.where(on, pg_weights.detach().float(), zero)
 
     kl = torch.zeros_like(w)
     if ref_logprobs is not None:

@@ -72,6 +72,15 @@ def family_for_architecture(architecture: str) -> Family:
     raise ConfigError(f"unsupported architecture {architecture!r}; supported: {', '.join(supported)}")
 
 
+def set_recompute(tcfg, mode: str) -> None:
+    """``train.recompute`` onto a built model's TransformerConfig (read at forward time): ``full`` recomputes
+    every layer from its input in the backward (one layer per checkpoint)."""
+    if mode == "full":
+        tcfg.recompute_granularity, tcfg.recompute_method, tcfg.recompute_num_layers = "full", "uniform", 1
+    else:
+        tcfg.recompute_granularity, tcfg.recompute_method, tcfg.recompute_num_layers = None, None, None
+
+
 def build_model(cfg: ModelConfig, parallel, pre_process: bool = True, post_process: bool = True):
     """A Megatron-Core GPTModel for this rank's pipeline stage."""
     from megatron.core.models.gpt import GPTModel

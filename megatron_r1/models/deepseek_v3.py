@@ -32,7 +32,7 @@ def _mla_dot_product_attention():
 def deepseek_v3_layer_spec(tcfg):
     """The MoE block spec; on the local spec, MLA's core attention is :class:`MLADotProductAttention`."""
     spec = moe_layer_spec(tcfg)
-    if not have_transformer_engine():
+    if not have_transformer_engine(tcfg):
         core = _mla_dot_product_attention()
         for layer in spec.layer_specs:
             layer.submodules.self_attention.submodules.core_attention = core

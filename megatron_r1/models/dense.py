@@ -16,19 +16,49 @@ from megatron_r1.models import Family, register_family
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def have_transformer_engine() -> bool:
+def on_gpu(tcfg) -> bool:
+    """Whether the model of this TransformerConfig is built on the GPU (``use_cpu_initialization`` is set
+    from the run's chosen device in :func:`dense_transformer_config`)."""
+    return not tcfg.use_cpu_initialization
+
+
+def transformer_engine_importable() -> bool:
     try:
         import transformer_engine  # noqa: F401
     except ImportError:
         return False
-    return torch.cuda.is_available()
+    return True
+
+
+def have_transformer_engine(tcfg) -> bool:
+    """Transformer Engine layers: only when TE imports and the model is built on the GPU."""
+    return on_gpu(tcfg) and transformer_engine_importable()
+
+
+def fp8_kwargs(cfg: ModelConfig, gpu: bool) -> dict:
+    """TransformerConfig FP8 fields (``fp8``, ``fp8_recipe``: the same names in megatron-core 0.16.1 and
+    in Megatron-LM's newer transformer_config.py). TE keeps the bf16 weights as the parameters and casts
+    them for its GEMMs, so the weights synced to the rollout engine are the bf16 ones the FP8 GEMMs were cast
+    from. Refused without Transformer Engine."""
+    if cfg.fp8 == "off":
+        return {}
+    if not (gpu and transformer_engine_importable()):
+        from megatron_r1.config import ConfigError
+
+        raise ConfigError(
+            f"model.fp8={cfg.fp8} needs Transformer Engine on a GPU (transformer_engine is not importable "
+            "here or there is no CUDA); set model.fp8=off"
+        )
+    return {"fp8": cfg.fp8, "fp8_recipe": cfg.fp8_recipe}
 
 
 def dense_transformer_config(cfg: ModelConfig, parallel: ParallelConfig):
     from megatron.core.transformer import TransformerConfig
 
+    from megatron_r1.parallel import uses_cuda
+
     dtype = DTYPES[cfg.params_dtype]
-    on_gpu = torch.cuda.is_available()
+    gpu = uses_cuda(parallel)
     return TransformerConfig(
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
@@ -51,7 +81,7 @@ def dense_transformer_config(cfg: ModelConfig, parallel: ParallelConfig):
         bf16=dtype is torch.bfloat16,
         fp16=dtype is torch.float16,
         pipeline_dtype=dtype,
-        use_cpu_initialization=not on_gpu,
+        use_cpu_initialization=not gpu,
         perform_initialization=True,
         # Fusions need CUDA kernels (apex / TE); the unfused paths are numerically the reference.
         bias_activation_fusion=False,
@@ -61,13 +91,19 @@ def dense_transformer_config(cfg: ModelConfig, parallel: ParallelConfig):
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
         cross_entropy_loss_fusion=False,
+        # The losses divide by global token / sequence counts themselves: gradients are summed, never
+        # averaged, over micro-batches and DP ranks. Read when modules are built (the MoE router keeps its
+        # own copy, which scales the aux loss per token; Megatron's DDP picks its gradient scaling from it),
+        # so it must be set here, before GPTModel, not on the built model.
+        calculate_per_token_loss=True,
+        **fp8_kwargs(cfg, gpu),
     )
 
 
 def dense_layer_spec(tcfg):
     from megatron.core.models.gpt import gpt_layer_specs
 
-    if have_transformer_engine():
+    if have_transformer_engine(tcfg):
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
     return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
 

@@ -18,7 +18,10 @@ def read_hf_config(hf_dir: str | Path) -> dict:
     path = Path(hf_dir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"no config.json in {hf_dir} (expected a local Hugging Face model directory)")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: invalid JSON: {getattr(exc, 'msg', exc)}") from None
 
 
 def check_supported_features(hf: dict, hf_dir: str | Path) -> None:

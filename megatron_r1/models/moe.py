@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-
 from megatron_r1.config import ModelConfig, ParallelConfig
 from megatron_r1.models import Family, register_family
-from megatron_r1.models.dense import dense_from_hf_config, dense_transformer_config, have_transformer_engine
+from megatron_r1.models.dense import (
+    dense_from_hf_config,
+    dense_transformer_config,
+    have_transformer_engine,
+    on_gpu,
+)
 
 
 def moe_config_kwargs(cfg: ModelConfig, parallel: ParallelConfig) -> dict:
@@ -40,8 +43,9 @@ def moe_config_kwargs(cfg: ModelConfig, parallel: ParallelConfig) -> dict:
             moe_router_enable_expert_bias=cfg.moe_router_enable_expert_bias,
             moe_router_load_balancing_type="aux_loss" if cfg.moe_aux_loss_coeff else "none",
             moe_aux_loss_coeff=cfg.moe_aux_loss_coeff,
-            moe_token_dispatcher_type="alltoall" if torch.cuda.is_available() else "allgather",
-            moe_grouped_gemm=have_transformer_engine(),
+            # The alltoall dispatcher needs CUDA streams: allgather when the model is built on the CPU.
+            moe_token_dispatcher_type="alltoall" if on_gpu(dense) else "allgather",
+            moe_grouped_gemm=have_transformer_engine(dense),
             expert_model_parallel_size=getattr(parallel, "expert_parallel", 1),
         )
     return kwargs
@@ -64,7 +68,7 @@ def moe_layer_spec(tcfg):
     """Decoder block spec (dense and MoE layers as ``moe_layer_freq`` says)."""
     from megatron.core.models.gpt import gpt_layer_specs
 
-    use_te = have_transformer_engine()
+    use_te = have_transformer_engine(tcfg)
     return gpt_layer_specs.get_gpt_decoder_block_spec(
         tcfg, use_transformer_engine=use_te, normalization=None if use_te else "RMSNorm"
     )

@@ -18,7 +18,7 @@ def qwen3_transformer_config(cfg: ModelConfig, parallel: ParallelConfig):
 def qwen3_layer_spec(tcfg):
     from megatron.core.models.gpt import gpt_layer_specs
 
-    if have_transformer_engine():
+    if have_transformer_engine(tcfg):
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=True)
     return gpt_layer_specs.get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
 

@@ -57,11 +57,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def uses_cuda(cfg: ParallelConfig) -> bool:
+    """Whether a run with this layout trains on CUDA: a GPU is visible and the backend is not ``gloo``.
+
+    Every device decision (model placement and initialisation, layer spec, MoE dispatcher, the CPU patches,
+    RNG states, thread count) follows this, never ``torch.cuda.is_available()`` alone: with
+    ``parallel.backend=gloo`` on a GPU host everything runs as on a CPU machine."""
+    return cfg.backend != "gloo" and torch.cuda.is_available()
+
+
 def init_distributed(cfg: ParallelConfig, seed: int = 1234) -> ParallelState:
     """Initialise torch.distributed (if needed) and Megatron-Core model-parallel groups."""
     from megatron.core import parallel_state as mpu
 
-    use_cuda = torch.cuda.is_available() and cfg.backend != "gloo"
+    use_cuda = uses_cuda(cfg)
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_cuda else "gloo")
     if not use_cuda:
         from megatron_r1.parallel.cpu import apply_cpu_patches

@@ -91,9 +91,11 @@ class _CpuTorchProxy:
 
 
 def apply_cpu_patches() -> None:
-    """Patch Megatron-Core for CPU execution (idempotent; a no-op when CUDA is available)."""
+    """Patch Megatron-Core for CPU execution (idempotent). Called when the run chose the CPU
+    (:func:`megatron_r1.parallel.uses_cuda` is False), also on a host where CUDA is visible: a gloo run
+    there must not place anything on the GPU."""
     global _APPLIED
-    if _APPLIED or torch.cuda.is_available():
+    if _APPLIED:
         return
     import megatron.core.fusions.fused_softmax as fused_softmax
     import megatron.core.tensor_parallel.random as tp_random
@@ -114,6 +116,11 @@ def apply_cpu_patches() -> None:
     # tensor_parallel.random tracker: the CUDA RNG tracker cannot seed without CUDA.
     tp_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
     tp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+    # tensor_parallel.checkpoint (train.recompute=full): its CheckpointFunction saves and restores CUDA RNG
+    # states; torch's own checkpoint does the same with the CPU generator.
+    import megatron.core.tensor_parallel as tensor_parallel
+
+    tensor_parallel.checkpoint = tp_random.checkpoint = _cpu_checkpoint
     # pipeline_parallel.schedules: forward_backward_* allocate ``total_num_tokens`` with device="cuda"; the
     # module's ``torch`` is swapped for a proxy whose factory functions map a CUDA device to the CPU.
     import megatron.core.pipeline_parallel.schedules as schedules
@@ -121,6 +128,14 @@ def apply_cpu_patches() -> None:
     schedules.torch = _CpuTorchProxy()
     _apply_model_patches()
     _APPLIED = True
+
+
+def _cpu_checkpoint(function, distribute_saved_activations, *args):
+    """``tensor_parallel.random.checkpoint`` on CPU: recompute ``function`` in the backward (the tracker's
+    forked streams are not replayed: the models here have no dropout)."""
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(function, *args, use_reentrant=False, preserve_rng_state=True)
 
 
 @contextlib.contextmanager

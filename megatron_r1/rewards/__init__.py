@@ -18,6 +18,8 @@ from collections.abc import Callable
 RewardFn = Callable[[str, dict], float]
 
 _REGISTRY: dict[str, RewardFn] = {}
+# Row fields each reward reads: name → entries a row must have; a tuple entry means any one of them.
+_NEEDS: dict[str, tuple[str | tuple[str, ...], ...]] = {}
 # Modules that register built-in rewards on import; imported lazily by get()/names().
 _BUILTIN_MODULES = (
     "megatron_r1.rewards.basic",
@@ -29,16 +31,29 @@ _BUILTIN_MODULES = (
 )
 
 
-def register(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator: register ``fn`` under ``name`` (names are unique)."""
+def register(name: str, needs: tuple[str | tuple[str, ...], ...] = ()) -> Callable[[RewardFn], RewardFn]:
+    """Decorator: register ``fn`` under ``name`` (names are unique). ``needs``: the row fields it reads
+    (a tuple entry: any one of them), so a dataset without them is refused before training starts."""
 
     def wrap(fn: RewardFn) -> RewardFn:
         if name in _REGISTRY and _REGISTRY[name] is not fn:
             raise ValueError(f"reward {name!r} is already registered")
         _REGISTRY[name] = fn
+        _NEEDS[name] = tuple(needs)
         return fn
 
     return wrap
+
+
+def missing_fields(name: str, row: dict) -> list[str]:
+    """The fields reward ``name`` needs that ``row`` lacks (alternatives joined by ``|``)."""
+    get(name)
+    missing = []
+    for need in _NEEDS.get(name, ()):
+        options = (need,) if isinstance(need, str) else need
+        if not any(key in row for key in options):
+            missing.append(" | ".join(options))
+    return missing
 
 
 def _load_builtins() -> None:

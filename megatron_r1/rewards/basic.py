@@ -21,7 +21,7 @@ def extract_answer_tag(completion: str) -> str | None:
     return found[-1].strip() if found else None
 
 
-@register("exact")
+@register("exact", needs=("answer",))
 def exact_reward(completion: str, row: dict) -> float:
     answer = extract_answer_tag(completion)
     return 1.0 if answer is not None and answer == str(row["answer"]).strip() else 0.0

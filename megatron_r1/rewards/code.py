@@ -100,13 +100,13 @@ def score_code(completion: str, row: dict, config: CodeRewardConfig = CodeReward
 _STRICT = CodeRewardConfig(all_or_nothing=True)
 
 
-@register("code")
+@register("code", needs=(("tests", "test"),))
 def code_reward(completion: str, row: dict) -> float:
     """Fraction of tests passed (all-or-nothing when ``row["all_or_nothing"]``)."""
     return score_code(completion, row)
 
 
-@register("code_strict")
+@register("code_strict", needs=(("tests", "test"),))
 def code_strict_reward(completion: str, row: dict) -> float:
     """1.0 when every test passes, else 0.0."""
     return score_code(completion, row, _STRICT)

@@ -13,13 +13,17 @@ hacking wherever the verifier is soft):
 - a list of candidates (``1, 2, 3, ...``) is a tuple/set to math-verify and never equals a scalar;
 - answers longer than :data:`MAX_ANSWER_CHARS`, and expressions that could make sympy compute for
   ever (towers of powers, big factorials), are compared as normalised strings, not symbolically;
-- math-verify's own signal-based timeouts are used in the main thread; elsewhere the batch scorer's
-  per-item timeout bounds the time.
+- every call is time-bounded whatever thread makes it: in the main thread by math-verify's own
+  signal-based timeouts; in any other thread (where signals cannot be used) the check runs in a helper
+  process (:class:`_Verifier`) that is killed and counted as "not equivalent" after
+  :data:`THREAD_TIMEOUT_S`.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import multiprocessing
 import re
 import threading
 
@@ -27,6 +31,10 @@ from megatron_r1.rewards import register
 
 MAX_ANSWER_CHARS = 300
 _TIMEOUT_S = 2
+THREAD_TIMEOUT_S = 10.0
+"""Off the main thread: seconds one check may take in the helper process before it is killed."""
+_STARTUP_TIMEOUT_S = 120.0
+log = logging.getLogger(__name__)
 _BRACE_RE = re.compile(r"\\(?:boxed|fbox)\s*\{|\{|\}")
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
 # A power inside an exponent (towers), a huge exponent, a factorial of a big number or expression.
@@ -97,7 +105,7 @@ def _parse_gold(gold: str) -> list:
 
 
 def answers_equivalent(gold: str, answer: str) -> bool:
-    """True when ``answer`` is mathematically the same as ``gold`` (math-verify, bounded inputs)."""
+    """True when ``answer`` is mathematically the same as ``gold`` (math-verify, bounded inputs and time)."""
     gold, answer = str(gold).strip(), str(answer).strip()
     if not answer or len(answer) > MAX_ANSWER_CHARS or "\0" in answer:
         return False
@@ -105,6 +113,12 @@ def answers_equivalent(gold: str, answer: str) -> bool:
         return True
     if _expensive(gold) or _expensive(answer):
         return False
+    if threading.current_thread() is not threading.main_thread():
+        return _VERIFIER.check(gold, answer)
+    return _math_verify(gold, answer)
+
+
+def _math_verify(gold: str, answer: str) -> bool:
     from math_verify import parse, verify
 
     gold_parsed = _parse_gold(gold)
@@ -114,7 +128,75 @@ def answers_equivalent(gold: str, answer: str) -> bool:
     return bool(verify(gold_parsed, answer_parsed, timeout_seconds=_timeout()))
 
 
-@register("math")
+def _verifier_main(conn) -> None:
+    """The helper process: checks pairs in its main thread, where math-verify's own timeouts work."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    _math_verify("1", "1")  # imports done before "ready"
+    conn.send("ready")
+    while True:
+        try:
+            pair = conn.recv()
+        except EOFError:
+            return
+        if pair is None:
+            return
+        try:
+            conn.send(_math_verify(*pair))
+        except Exception:
+            conn.send(False)
+
+
+class _Verifier:
+    """math-verify in a helper process, for callers off the main thread: each check has
+    :data:`THREAD_TIMEOUT_S`; a check that runs past it (sympy stuck in C code cannot be interrupted) gets
+    the process killed — it is restarted on the next call — and counts as not equivalent. Thread-safe (one
+    check at a time)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process = None
+        self._conn = None
+
+    def _start(self) -> None:
+        ctx = multiprocessing.get_context("forkserver")
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(target=_verifier_main, args=(child,), daemon=True)
+        self._process.start()
+        child.close()
+        if not (self._conn.poll(_STARTUP_TIMEOUT_S) and self._conn.recv() == "ready"):
+            self.close()
+            raise RuntimeError("the math-verify helper process did not start")
+
+    def close(self) -> None:
+        if self._process is not None:
+            if self._process.pid is not None:
+                self._process.kill()
+                self._process.join(5)
+            self._conn.close()
+        self._process = self._conn = None
+
+    def check(self, gold: str, answer: str) -> bool:
+        with self._lock:
+            if self._process is None or not self._process.is_alive():
+                self.close()
+                self._start()
+            try:
+                self._conn.send((gold, answer))
+                if self._conn.poll(THREAD_TIMEOUT_S):
+                    return bool(self._conn.recv())
+            except (EOFError, OSError):
+                pass
+            log.warning("math-verify took over %.0f s on %r; counted as wrong", THREAD_TIMEOUT_S, answer[:80])
+            self.close()
+            return False
+
+
+_VERIFIER = _Verifier()
+
+
+@register("math", needs=("answer",))
 def math_reward(completion: str, row: dict) -> float:
     """1.0 when the final answer equals ``row["answer"]`` (math-verify), else 0.0."""
     answer = extract_final_answer(completion)

@@ -35,7 +35,7 @@ def _checker(task: str):
     return get_score_answer_fn(task)
 
 
-@register("reasoning_gym")
+@register("reasoning_gym", needs=("answer",))
 def reasoning_gym_reward(completion: str, row: dict) -> float:
     """The task's ``score_answer`` on the completion's final answer (0.0 without one)."""
     answer = extract_answer_tag(completion)

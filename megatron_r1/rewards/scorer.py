@@ -6,8 +6,10 @@ process, all rewards at once; an item that takes longer than ``timeout_s`` gets 
 replaced and scores 0.0 for every reward (a timeout), as does an item whose worker dies (a crash) or
 whose reward raises (an error). The step and the trainer go on either way.
 
-``num_workers=0`` scores in the calling process (the tiny CPU demo: no process start-up); then only
-the rewards' own limits apply (math-verify's alarm in the main thread, the code sandbox's timeout).
+``num_workers=0`` scores in the calling process (the tiny CPU demo: no process start-up); then
+a SIGALRM timer bounds each item by ``timeout_s`` in the main thread. Called from any other thread, where no
+signal can interrupt a runaway reward, an in-process scorer uses one worker process with the timeout instead
+(started on first use), so every scoring path is time-bounded.
 The ``code`` reward runs programs in its own sandbox process in both modes.
 
 Reward functions that have a ``score_batch(completions, rows)`` method (the reward models of
@@ -24,6 +26,7 @@ import math
 import multiprocessing
 import pickle
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -95,14 +98,39 @@ class ScoreResult:
         return out
 
 
-def _score_item(fns: dict, completion: str, row: dict) -> tuple[dict[str, float], str | None]:
+class _ItemTimeout(BaseException):
+    """Raised by the in-process alarm: past the item's deadline (a BaseException, so that no reward's own
+    ``except Exception`` swallows it)."""
+
+
+def _raise_timeout(signum, frame) -> None:
+    raise _ItemTimeout
+
+
+def _score_item(
+    fns: dict, completion: str, row: dict, deadline: float | None = None
+) -> tuple[dict[str, float], str | None]:
+    """Every reward of one item. ``deadline`` (``time.monotonic()``; main thread only) arms SIGALRM before
+    each reward with the time left — re-armed per reward because a reward may use the alarm itself
+    (math-verify) — and raises :class:`_ItemTimeout` when it passes."""
     values, error = {}, None
-    for name, fn in fns.items():
-        try:
-            value = float(fn(completion, row))
-            values[name] = value if math.isfinite(value) else 0.0
-        except Exception as exc:  # a bad item must not stop the batch
-            values[name], error = 0.0, f"{name}: {exc!r}"
+    previous = signal.signal(signal.SIGALRM, _raise_timeout) if deadline is not None else None
+    try:
+        for name, fn in fns.items():
+            if deadline is not None:
+                signal.signal(signal.SIGALRM, _raise_timeout)
+                signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 1e-3))
+            try:
+                value = float(fn(completion, row))
+                values[name] = value if math.isfinite(value) else 0.0
+            except Exception as exc:  # a bad item must not stop the batch
+                values[name], error = 0.0, f"{name}: {exc!r}"
+            finally:
+                if deadline is not None:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        if deadline is not None:
+            signal.signal(signal.SIGALRM, previous)
     return values, error
 
 
@@ -202,6 +230,9 @@ class RewardScorer:
                 ) from exc
         self._ctx = multiprocessing.get_context(start_method) if num_workers else None
         self._workers: list[_Worker] = []
+        self._start_method = start_method
+        self._reward_fns = reward_fns
+        self._off_thread: RewardScorer | None = None
 
     # -- pool management ---------------------------------------------------------------------
     def _new_worker(self) -> _Worker:
@@ -223,6 +254,22 @@ class RewardScorer:
         for worker in self._workers:
             worker.stop()
         self._workers = []
+        if self._off_thread is not None:
+            self._off_thread.close()
+            self._off_thread = None
+
+    def _off_thread_pool(self) -> RewardScorer | None:
+        """The one-worker scorer an in-process scorer uses off the main thread (None: rewards that cannot be
+        pickled stay in process, bounded only by their own limits)."""
+        if self._off_thread is None:
+            try:
+                self._off_thread = RewardScorer(
+                    self.weights, 1, self.timeout_s, self._reward_fns, start_method=self._start_method
+                )
+            except ValueError as exc:
+                logger.warning("in-process rewards off the main thread are not time-bounded: %s", exc)
+                return None
+        return self._off_thread
 
     def __enter__(self) -> RewardScorer:
         return self
@@ -302,16 +349,28 @@ class RewardScorer:
         values: list[dict[str, float] | None] = [None] * n
         failed = [False] * n
         timeouts = crashes = errors = 0
+        pool = self
+        if self.num_workers == 0 and threading.current_thread() is not threading.main_thread():
+            pool = self._off_thread_pool() or self
         if self._item_fns and n:
-            if self.num_workers == 0:
+            if pool.num_workers:
+                timeouts, crashes, errors = pool._score_in_pool(completions, rows, values, failed)
+            else:
+                # In the main thread (the only one left here) SIGALRM bounds each item.
+                main = threading.current_thread() is threading.main_thread()
                 for i in range(n):
-                    values[i], error = _score_item(self._item_fns, completions[i], rows[i])
+                    deadline = time.monotonic() + self.timeout_s if main else None
+                    try:
+                        values[i], error = _score_item(self._item_fns, completions[i], rows[i], deadline)
+                    except _ItemTimeout:
+                        timeouts += 1
+                        failed[i] = True
+                        logger.warning("reward timeout (%.1f s) on item %d", self.timeout_s, i)
+                        continue
                     if error:
                         errors += 1
                         failed[i] = True
                         logger.warning("reward error on item %d: %s", i, error)
-            else:
-                timeouts, crashes, errors = self._score_in_pool(completions, rows, values, failed)
         components = {name: [(v or {}).get(name, 0.0) for v in values] for name in self._item_fns}
         for name, fn in self._batch_fns.items():
             components[name] = [float(x) for x in fn.score_batch(list(completions), list(rows))]

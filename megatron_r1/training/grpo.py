@@ -15,7 +15,13 @@ import torch
 import torch.distributed as dist
 
 from megatron_r1 import kernels
-from megatron_r1.algorithms import aggregate_loss, clipped_surrogate, compute_advantages, kl_k3
+from megatron_r1.algorithms import (
+    aggregate_loss,
+    clipped_surrogate,
+    compute_advantages,
+    kl_k3,
+    truncated_importance_weights,
+)
 from megatron_r1.eval.metrics import summarise
 from megatron_r1.rewards.math_answer import extract_final_answer
 from megatron_r1.rollout.engine import SamplingParams
@@ -65,24 +71,39 @@ def grpo_loss_fn(c: Components, num_tokens: float, num_seqs: float):
 
     Where the Triton kernels run (``train.logprob_impl``: CUDA under auto, or forced), the per-token
     terms come from the fused ``megatron_r1.kernels.grpo_loss``; elsewhere from the pure functions of
-    ``algorithms``.
+    ``algorithms``. With ``algorithm.tis_clip`` the surrogate term is weighted by the truncated
+    importance weight min(π_train / π_sampler, C) of each token (both paths take the same weights).
     """
     a = c.cfg.algorithm
     impl = c.cfg.train.logprob_impl
 
     def loss_fn(logprobs, entropy, mb):
         mask = mb["response_mask"]
-        old = mb.get("old_logprobs", logprobs.detach())
+        old = mb.get("old_logprobs", logprobs.detach())  # π_train: the trainer's log-probs before the update
         ref = mb.get("ref_logprobs")
         n = mask.sum()
+        tis = None
+        if a.tis_clip > 0:
+            tis, truncated = truncated_importance_weights(old, mb["sampler_logprobs"], a.tis_clip, mask)
         if impl == "triton" or (impl == "auto" and logprobs.is_cuda and kernels.triton_available()):
             per_token, clip_fraction, kl_mean = kernels.grpo_loss(
-                logprobs, old, mb["advantages"], mask, ref, a.clip_low, a.clip_high, a.kl_coef, impl="triton"
+                logprobs,
+                old,
+                mb["advantages"],
+                mask,
+                ref,
+                a.clip_low,
+                a.clip_high,
+                a.kl_coef,
+                impl="triton",
+                pg_weights=tis,
             )
             clipped_sum, kl_sum = clip_fraction * n, kl_mean * n
         else:
-            per_token, clipped = clipped_surrogate(logprobs, old, mb["advantages"], a.clip_low, a.clip_high)
-            kl = kl_k3(logprobs, ref) if ref is not None else torch.zeros_like(per_token)
+            per_token, clipped = clipped_surrogate(
+                logprobs, old, mb["advantages"], a.clip_low, a.clip_high, mask=mask, weights=tis
+            )
+            kl = kl_k3(logprobs, ref, mask=mask) if ref is not None else torch.zeros_like(per_token)
             per_token = per_token + a.kl_coef * kl
             clipped_sum, kl_sum = (clipped.float() * mask).sum(), (kl.detach() * mask).sum()
         loss = aggregate_loss(
@@ -96,6 +117,9 @@ def grpo_loss_fn(c: Components, num_tokens: float, num_seqs: float):
             "logprob_diff": ((logprobs.detach() - mb["sampler_logprobs"]).abs() * mask).sum(),
             "tokens": n,
         }
+        if tis is not None:
+            metrics["tis_weight"] = (tis * mask).sum()
+            metrics["tis_clipped"] = (truncated.float() * mask).sum()
         return loss, metrics
 
     return loss_fn
@@ -133,33 +157,84 @@ def generate_once(c: Components, prompt_ids: list[list[int]], sampling: Sampling
     return payload[0]
 
 
+UPDATE_METRICS = (
+    "loss",
+    "kl",
+    "clip_fraction",
+    "entropy",
+    "logprob_diff",
+    "grad_norm",
+    "skipped",
+    "no_signal",
+)
+TIS_METRICS = {"tis/weight_mean": "tis_weight", "tis/clipped_fraction": "tis_clipped"}
+"""Token-weighted means reported with algorithm.tis_clip > 0 → the loss function's per-token sums."""
+
+
+def has_learning_signal(c: Components, batch: dict[str, torch.Tensor]) -> bool:
+    """False when no token of the step (over all DP replicas) carries a gradient: every advantage is 0
+    (each group's rewards were all equal) and there is no KL term. Identical on every rank."""
+    if c.reference is not None and c.cfg.algorithm.kl_coef > 0:
+        return True
+    signal = (batch["advantages"].abs() * (batch["response_mask"].sum(dim=1) > 0)).sum().item()
+    return _dp_sum([signal], c)[0] > 0
+
+
+def no_signal_metrics(tis: bool) -> dict[str, float]:
+    """The update's metrics for a step without learning signal, whose forward/backward and optimizer step
+    were skipped: loss, KL, clipping and gradient are exactly 0; entropy, logprob_diff and the TIS weights
+    were not measured (NaN, written as null)."""
+    metrics = {k: 0.0 for k in UPDATE_METRICS}
+    metrics |= {"entropy": math.nan, "logprob_diff": math.nan, "no_signal": 1.0}
+    if tis:
+        metrics |= {k: math.nan for k in TIS_METRICS}
+    return metrics
+
+
 def update(c: Components, batch: dict[str, torch.Tensor], step: int, total_steps: int) -> dict[str, float]:
-    """Policy-gradient update over the rollout batch: micro-batches accumulate, one optimizer step."""
+    """Policy-gradient update over the rollout batch: micro-batches accumulate, one optimizer step.
+
+    A step with no learning signal (``has_learning_signal``) is not computed: its gradient would be exactly
+    zero, and an optimizer step on it would only move the weights by Adam's momentum / weight decay.
+    """
     cfg = c.cfg
     mbs = cfg.train.micro_batch_size
+    if not has_learning_signal(c, batch):
+        return no_signal_metrics(cfg.algorithm.tis_clip > 0)
+    # Everything is scored at the rollout temperature, the distribution the sampler drew from: the ratio,
+    # the reference's log-probs (KL between the tempered distributions, as verl) and the entropy.
+    temp = cfg.rollout.temperature
     num_tokens, num_seqs = _dp_sum([batch["response_mask"].sum().item(), batch["tokens"].shape[0]], c)
     if c.reference is not None:
-        batch["ref_logprobs"] = _on_all_stages(c.reference.logprobs(batch, mbs), batch, c)
+        batch["ref_logprobs"] = _on_all_stages(c.reference.logprobs(batch, mbs, temp), batch, c)
     if cfg.algorithm.ppo_epochs > 1:
-        batch["old_logprobs"] = _on_all_stages(c.policy.logprobs(batch, mbs), batch, c)
+        batch["old_logprobs"] = _on_all_stages(c.policy.logprobs(batch, mbs, temp), batch, c)
     totals: dict[str, float] = {}
     for _ in range(cfg.algorithm.ppo_epochs):
-        outs = c.policy.run(batch, grpo_loss_fn(c, num_tokens, num_seqs), mbs, with_entropy=True)
+        loss_fn = grpo_loss_fn(c, num_tokens, num_seqs)
+        outs = c.policy.run(batch, loss_fn, mbs, with_entropy=True, temperature=temp)
         for out in outs:
             for k, v in out.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         grad_norm, stepped = c.optimizer.step(lr_at(step, cfg.train, total_steps))
     # Raw sums from the last stage, summed over the DP replicas, then divided: token-weighted global means.
-    keys = ["loss", "kl", "clip_fraction", "entropy", "logprob_diff", "tokens"]
+    means = ["kl", "clip_fraction", "entropy", "logprob_diff"]
+    if cfg.algorithm.tis_clip > 0:
+        means += list(TIS_METRICS.values())
+    keys = ["loss", "tokens", *means]
     sums = dict(
         zip(keys, _dp_sum(list(_from_last_stage({k: totals.get(k, 0.0) for k in keys}, c).values()), c))
     )
     tokens = max(sums["tokens"], 1.0)
-    metrics = {k: sums[k] / tokens for k in ("kl", "clip_fraction", "entropy", "logprob_diff")}
+    metrics = {k: sums[k] / tokens for k in means}
+    for name, key in TIS_METRICS.items():
+        if key in metrics:
+            metrics[name] = metrics.pop(key)
     # Each replica's loss is its share of the global batch's (global denominators): shares add up.
     metrics["loss"] = sums["loss"] / cfg.algorithm.ppo_epochs
     metrics["grad_norm"] = grad_norm
     metrics["skipped"] = 0.0 if stepped and math.isfinite(metrics["loss"]) else 1.0
+    metrics["no_signal"] = 0.0
     return metrics
 
 

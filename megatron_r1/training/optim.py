@@ -143,6 +143,7 @@ class MegatronOptimizer:
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
         tcfg = model.config
+        self.state = state
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
             overlap_grad_reduce=False,
@@ -165,29 +166,99 @@ class MegatronOptimizer:
             ),
             [self.model],
         )
+        # The schedules multiply the loss by ``grad_scale_func`` before backward (the MoE aux loss too), as
+        # Megatron's training loop sets it: without it an fp16 loss is never scaled while the optimizer
+        # unscales the gradients by its loss scale (2^32 at first), and nothing is learned. For bf16 / fp32
+        # the scale is 1.
+        tcfg.grad_scale_func = self.optimizer.scale_loss
+        self._has_grad_scaler = bool(tcfg.fp16)
+        # The distributed optimizer's default checkpoint format ('fully_sharded_model_space') writes
+        # ShardedTensors with ``flattened_range``, which megatron-core 0.19's dist_checkpointing refuses
+        # ("ShardedTensor.flattened_range is not supported"). 'dp_reshardable' is what Megatron's training
+        # loop uses: fully parallel, no gather; a resume may change the DP size, not TP / PP.
+        self._ckpt_metadata = {"distrib_optim_sharding_type": "dp_reshardable"} if distributed else None
 
     def zero_grad(self) -> None:
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
 
+    def _grads_finite(self) -> bool:
+        """Whether every reduced gradient is finite on every rank. bf16 / fp32 have no grad scaler, so
+        Megatron's optimizer would apply NaN / inf gradients (a NaN norm never exceeds a threshold)."""
+        found = torch.zeros((), dtype=torch.float32, device=self.state.device)
+        for buffer in self.model.buffers + self.model.expert_parallel_buffers:
+            found = torch.maximum(found, (~torch.isfinite(buffer.grad_data)).any().float())
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(found, op=dist.ReduceOp.MAX)
+        return not bool(found)
+
     def step(self, lr: float) -> tuple[float, bool]:
+        """Reduce, clip, step. Returns (grad_norm, stepped); a non-finite gradient skips the update (fp16:
+        Megatron's grad scaler finds it and backs its scale off)."""
         from megatron.core.distributed import finalize_model_grads
 
         finalize_model_grads([self.model])
+        if not self._has_grad_scaler and not self._grads_finite():
+            self.zero_grad()
+            return float("nan"), False
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         stepped, grad_norm, _ = self.optimizer.step()
         self.zero_grad()
         return float(grad_norm if grad_norm is not None else float("nan")), bool(stepped)
 
+    def _init_empty_distributed_state(self) -> None:
+        """Give a fresh distributed optimizer's Adam state (zeros, step 0) before a checkpoint is loaded
+        into it: without Apex / Transformer Engine its ``state_dict()`` (which the load template is built
+        from) asserts one common ``step`` over a state that does not exist yet."""
+        from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+        for sub in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+            if not isinstance(sub, DistributedOptimizer) or len(sub.optimizer.state):
+                continue
+            for group in sub.optimizer.param_groups:
+                for p in group["params"]:
+                    sub.optimizer.state[p].update(
+                        step=torch.zeros((), dtype=torch.float32),
+                        exp_avg=torch.zeros_like(p),
+                        exp_avg_sq=torch.zeros_like(p),
+                    )
+
     def sharded_state_dict(self, model_sharded_state_dict: dict, is_loading: bool = False) -> dict:
-        return self.optimizer.sharded_state_dict(model_sharded_state_dict, is_loading=is_loading)
+        if is_loading:
+            self._init_empty_distributed_state()
+        return self.optimizer.sharded_state_dict(
+            model_sharded_state_dict, is_loading=is_loading, metadata=self._ckpt_metadata
+        )
 
     def state_dict(self) -> dict:
         return self.optimizer.state_dict()
 
     def load_state_dict(self, sd: dict) -> None:
-        self.optimizer.load_state_dict(sd)
+        # The distributed optimizer copies loaded values into its main params in place; for fp32 models
+        # those are views of the model's parameters, which autograd refuses outside no_grad.
+        with torch.no_grad():
+            self.optimizer.load_state_dict(sd)
+        self._restore_distributed_steps(sd)
+
+    def _restore_distributed_steps(self, sd: dict) -> None:
+        """torch's Adam (no Apex / TE) keeps a per-parameter ``step``; Megatron's distributed optimizer
+        saves it in its param groups but its 'dp_reshardable' load leaves the per-parameter copies at the
+        loading optimizer's value, so Adam's bias correction would restart. Set them from the groups."""
+        from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+        subs = getattr(self.optimizer, "chained_optimizers", [self.optimizer])
+        dicts = [sd] if len(subs) == 1 else [sd[i] for i in range(len(subs))]
+        for sub, sub_sd in zip(subs, dicts, strict=True):
+            if not isinstance(sub, DistributedOptimizer):
+                continue
+            steps = {g.get("step") for g in sub_sd["optimizer"]["param_groups"]} - {None}
+            if len(steps) != 1:
+                continue  # Apex / TE optimizers keep no per-parameter step
+            step = float(steps.pop())
+            for state in sub.optimizer.state.values():
+                if "step" in state:
+                    state["step"] = torch.tensor(step, dtype=torch.float32)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, state: ParallelState, distributed: bool):

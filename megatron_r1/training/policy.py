@@ -4,6 +4,10 @@ log-probs, through Megatron's pipeline schedules (no pipelining, or 1F1B across 
 Sequences are laid out ``[prompt + response]`` from position 0 and right-padded, so plain causal attention is
 exact for every real token and no attention mask is needed (the same on the local and the TE layer spec).
 Position t's label is token t + 1; ``response_mask`` [B, S − 1] marks the labels that are generated tokens.
+
+Log-probs are those of ``softmax(logits / temperature)``: GRPO scores at the rollout temperature, the
+distribution the sampler drew from (its log-probs are ``log_softmax(logits / T)``), so the PPO ratio, the
+KL to the reference and the entropy all refer to the sampled distribution; SFT scores at 1.
 """
 
 from __future__ import annotations
@@ -19,6 +23,36 @@ from megatron_r1.parallel import ParallelState
 # (logprobs [b, S-1], entropy [b, S-1] | None, micro-batch dict) -> (loss scalar, metrics {name: tensor})
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, dict], tuple[torch.Tensor, dict]]
 
+# A label no vocabulary shard holds: its row adds nothing (the kernels and the reference skip it).
+IGNORE_LABEL = -1
+
+
+def next_token_logprobs(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    tp_group=None,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    impl: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """logits [b, S, V_shard], tokens [b, S] → (log p(token t+1 | ..t) [b, S − 1], entropy [b, S − 1] | None).
+
+    The logits go to ``token_logprobs`` whole, with the labels shifted left and the last position given
+    ``IGNORE_LABEL``; slicing ``logits[:, :-1]`` instead is not viewable as [tokens, V] for b > 1, so the
+    kernel path would copy all the logits (and keep the copy for backward) and the slice's backward would
+    allocate another full-size gradient. Only the [b, S] results are sliced.
+    """
+    labels = torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], IGNORE_LABEL)], dim=1)
+    out = token_logprobs(
+        logits, labels, tp_group=tp_group, temperature=temperature, return_entropy=with_entropy, impl=impl
+    )
+    logprobs, entropy = out if with_entropy else (out, None)
+    return logprobs[:, :-1], (entropy[:, :-1] if entropy is not None else None)
+
+
+def _scaled(base: Callable | None, factor: float, loss: torch.Tensor) -> torch.Tensor:
+    return (base(loss) if base is not None else loss) * factor
+
 
 class Policy:
     """Megatron GPTModel + the forward/backward the GRPO and SFT loops need."""
@@ -28,28 +62,64 @@ class Policy:
         self.state = state
         self.logprob_impl = logprob_impl
         # The loss functions below divide by global token / sequence counts themselves: Megatron's schedule
-        # must not divide again by the number of micro-batches.
-        model.config.calculate_per_token_loss = True
+        # must not divide again by the number of micro-batches. The model is built that way
+        # (models/dense.py), since its MoE routers read the flag when they are built.
+        if not model.config.calculate_per_token_loss:
+            raise ValueError("Policy: the model must be built with calculate_per_token_loss=True")
         model.config.variable_seq_lengths = True
 
-    def _forward_step(self, loss_fn: LossFn, with_entropy: bool, data_iterator, model):
+    def _forward_step(
+        self, loss_fn: LossFn, with_entropy: bool, temperature: float, multiplier: float, data_iterator, model
+    ):
         mb = next(data_iterator)
         tokens = mb["tokens"]
         positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
         output = model(tokens, positions, None)
-        return output, partial(self._loss, loss_fn, with_entropy, mb)
+        return output, partial(self._loss, loss_fn, with_entropy, temperature, multiplier, mb)
 
-    def _loss(self, loss_fn: LossFn, with_entropy: bool, mb: dict, logits: torch.Tensor):
-        out = token_logprobs(
-            logits[:, :-1],
-            mb["tokens"][:, 1:],
+    def _aux_loss_tokens(self, batch: dict[str, torch.Tensor]) -> float | None:
+        """Tokens the MoE routers see in this step over all micro-batches and DP ranks, or None for a
+        model without router losses.
+
+        Built with ``calculate_per_token_loss`` (as it must be), a router weights its aux loss by its
+        micro-batch's token count n_mb and Megatron expects ``finalize_model_grads`` to divide every
+        gradient by the step's total N. Our losses already divide by global counts, so that division is
+        not done; instead the aux loss alone is scaled by 1 / N (:meth:`run`). Its gradient is then
+        Σ_mb n_mb / N · coeff · ∇aux_mb: Megatron's per-token weighting, the mean over micro-batches and
+        DP ranks when they are equal — not the sum (× micro-batches × DP) it was."""
+        config = self.model.config
+        coeffs = getattr(config, "moe_aux_loss_coeff", 0) or 0
+        coeffs = coeffs if isinstance(coeffs, list | tuple) else [coeffs]
+        if not getattr(config, "num_moe_experts", None) or not (
+            any(coeffs) or getattr(config, "moe_z_loss_coeff", None)
+        ):
+            return None
+        # Under sequence parallelism a router sees its TP rank's share of the sequence.
+        local = batch["tokens"].numel() // (self.state.tp_size if config.sequence_parallel else 1)
+        total = torch.tensor(float(local), dtype=torch.float64, device=self.state.device)
+        if self.state.dp_size > 1:
+            torch.distributed.all_reduce(total, group=self.state.dp_group)
+        return float(total)
+
+    def _loss(
+        self,
+        loss_fn: LossFn,
+        with_entropy: bool,
+        temperature: float,
+        multiplier: float,
+        mb: dict,
+        logits: torch.Tensor,
+    ):
+        logprobs, entropy = next_token_logprobs(
+            logits,
+            mb["tokens"],
             tp_group=self.state.tp_group if self.state.tp_size > 1 else None,
-            return_entropy=with_entropy,
+            temperature=temperature,
+            with_entropy=with_entropy,
             impl=self.logprob_impl,
         )
-        logprobs, entropy = out if with_entropy else (out, None)
         loss, metrics = loss_fn(logprobs, entropy, mb)
-        return loss, torch.ones((), dtype=torch.int), metrics
+        return loss * multiplier, torch.ones((), dtype=torch.int), metrics
 
     def run(
         self,
@@ -58,9 +128,11 @@ class Policy:
         micro_batch_size: int,
         forward_only: bool = False,
         with_entropy: bool = False,
+        temperature: float = 1.0,
     ) -> list[dict]:
         """Forward (+ backward unless ``forward_only``) over ``batch`` in micro-batches; gradients accumulate
-        in ``.grad``. Returns the per-micro-batch metrics dicts (on the last pipeline stage; [] elsewhere)."""
+        in ``.grad``. Log-probs (and entropy) are of ``softmax(logits / temperature)``. Returns the
+        per-micro-batch metrics dicts (on the last pipeline stage; [] elsewhere)."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         n = batch["tokens"].shape[0]
@@ -69,25 +141,39 @@ class Policy:
         ]
         self.model.train(not forward_only)
         context = torch.no_grad() if forward_only else torch.enable_grad()
-        with context:
-            return get_forward_backward_func()(
-                forward_step_func=partial(self._forward_step, loss_fn, with_entropy),
-                data_iterator=iter(micro),
-                model=[self.model],
-                num_microbatches=len(micro),
-                seq_length=batch["tokens"].shape[1],
-                micro_batch_size=micro_batch_size,
-                forward_only=forward_only,
-            )
+        # MoE aux loss: the schedules scale it by ``grad_scale_func(1)`` and the main loss by
+        # ``grad_scale_func`` too, so the scale gets a factor 1 / N and the main loss a factor N.
+        aux_tokens = None if forward_only else self._aux_loss_tokens(batch)
+        config = self.model.config
+        base_scale = config.grad_scale_func  # the optimizer's loss scale (fp16), or None
+        if aux_tokens:
+            config.grad_scale_func = partial(_scaled, base_scale, 1.0 / aux_tokens)
+        try:
+            with context:
+                return get_forward_backward_func()(
+                    forward_step_func=partial(
+                        self._forward_step, loss_fn, with_entropy, temperature, aux_tokens or 1.0
+                    ),
+                    data_iterator=iter(micro),
+                    model=[self.model],
+                    num_microbatches=len(micro),
+                    seq_length=batch["tokens"].shape[1],
+                    micro_batch_size=micro_batch_size,
+                    forward_only=forward_only,
+                )
+        finally:
+            config.grad_scale_func = base_scale
 
-    def logprobs(self, batch: dict[str, torch.Tensor], micro_batch_size: int) -> torch.Tensor | None:
-        """Per-token log-probs [B, S − 1] without gradients (old / reference policy); None off the last
-        stage."""
+    def logprobs(
+        self, batch: dict[str, torch.Tensor], micro_batch_size: int, temperature: float = 1.0
+    ) -> torch.Tensor | None:
+        """Per-token log-probs [B, S − 1] of ``softmax(logits / temperature)`` without gradients (old /
+        reference policy); None off the last stage."""
 
         def keep(logprobs, _entropy, _mb):
             return logprobs.sum() * 0.0, {"logprobs": logprobs.detach()}
 
-        outs = self.run(batch, keep, micro_batch_size, forward_only=True)
+        outs = self.run(batch, keep, micro_batch_size, forward_only=True, temperature=temperature)
         if not outs:
             return None
         return torch.cat([o["logprobs"] for o in outs], dim=0)

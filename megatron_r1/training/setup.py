@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from megatron_r1.config import Config, ConfigError
-from megatron_r1.parallel import ParallelState, init_distributed
+from megatron_r1.parallel import ParallelState, init_distributed, uses_cuda
 from megatron_r1.rewards.scorer import RewardScorer
 from megatron_r1.training.optim import build_optimizer
 from megatron_r1.training.policy import Policy
@@ -52,6 +52,7 @@ def _resolve_model_config(cfg: Config, tokenizer) -> None:
 
         hf_cfg = model_config_from_hf(cfg.model.hf_path)
         hf_cfg.params_dtype = cfg.model.params_dtype
+        hf_cfg.fp8, hf_cfg.fp8_recipe = cfg.model.fp8, cfg.model.fp8_recipe  # precision is the run's choice
         cfg.model = hf_cfg
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = len(tokenizer)
@@ -65,21 +66,26 @@ def _resolve_model_config(cfg: Config, tokenizer) -> None:
 def build_components(cfg: Config) -> Components:
     from megatron_r1.config import validate
     from megatron_r1.convert import get_adapter
-    from megatron_r1.models import build_model
+    from megatron_r1.models import build_model, set_recompute
     from megatron_r1.rollout.backends import build_inprocess_engine
     from megatron_r1.rollout.engine import IdleEngine, build_engine
 
-    if not torch.cuda.is_available() and cfg.train.cpu_threads > 0:
+    if not uses_cuda(cfg.parallel) and cfg.train.cpu_threads > 0:
         torch.set_num_threads(cfg.train.cpu_threads)
+    if cfg.rollout.tensor_parallel != 1:  # a planned layout (megatron-r1 plan), not one the trainer runs yet
+        raise ConfigError(
+            f"rollout.tensor_parallel={cfg.rollout.tensor_parallel}: rollout engines over several GPUs are "
+            "not implemented yet (the trainer runs one engine per model-parallel group); use 1"
+        )
     state = init_distributed(cfg.parallel, seed=cfg.train.seed)
     validate(cfg, world_size=state.world_size)
     tokenizer = load_tokenizer(cfg)
     _resolve_model_config(cfg, tokenizer)
 
+    # Built with ``calculate_per_token_loss`` (models/dense.py): the losses divide by global counts, so
+    # gradients are summed over micro-batches and DP ranks.
     model = build_model(cfg.model, cfg.parallel, state.is_first_stage, state.is_last_stage).to(state.device)
-    # The losses divide by global token / sequence counts: gradients must be summed, never averaged, over
-    # micro-batches and DP ranks. Megatron's DDP reads this flag when it is built (gradient scaling 1).
-    model.config.calculate_per_token_loss = True
+    set_recompute(model.config, cfg.train.recompute)
     if cfg.model.hf_path:
         from megatron_r1.convert.checkpoint import load_hf_weights
 
@@ -95,6 +101,7 @@ def build_components(cfg: Config) -> Components:
     policy = Policy(getattr(optimizer, "model", model), state, cfg.train.logprob_impl)
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    engine_dtype = dtype[cfg.rollout.dtype or cfg.model.params_dtype]
     if not state.mp_leader:  # only the first rank of a TP × PP group generates (grpo.generate_once)
         engine = IdleEngine()
     elif cfg.rollout.engine == "native":
@@ -103,7 +110,7 @@ def build_components(cfg: Config) -> Components:
             cfg,
             tokenizer,
             state.device,
-            dtype[cfg.model.params_dtype],
+            engine_dtype,
             max_batch_size=max(64, cfg.data.prompts_per_step * cfg.rollout.group_size),
         )
     else:
@@ -113,7 +120,7 @@ def build_components(cfg: Config) -> Components:
             cfg.rollout.engine,
             hf_path=cfg.model.hf_path,
             tokenizer=tokenizer,
-            dtype=dtype[cfg.model.params_dtype],
+            dtype=engine_dtype,
             tensor_parallel_size=1,
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
             max_model_len=cfg.model.max_position_embeddings,
@@ -147,3 +154,15 @@ def snapshot_reference(c: Components) -> None:
     """Freeze the current policy as the KL reference π_ref (the base model the run starts from)."""
     if c.reference is not None:
         c.reference.model.load_state_dict(c.model.state_dict())
+
+
+def close_components(c: Components) -> None:
+    """Stop what a run started beside the trainer: the reward worker processes, the rollout engine (its
+    ``close()`` / ``shutdown()`` where it has one). Safe to call twice."""
+    for scorer in (c.scorer, c.eval_scorer):
+        scorer.close()
+    for name in ("close", "shutdown"):
+        method = getattr(c.engine, name, None)
+        if callable(method):
+            method()
+            break

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from megatron_r1.algorithms import aggregate_loss, clipped_surrogate, kl_k3
+from megatron_r1.algorithms import aggregate_loss, clipped_surrogate, kl_k3, truncated_importance_weights
 
 
 def test_ratio_one_gives_minus_advantage_and_policy_gradient():
@@ -60,3 +60,29 @@ def test_micro_batches_with_global_denominators_sum_to_full_batch(mode):
         for i in range(0, 6, 2)
     )
     torch.testing.assert_close(parts, full)
+
+
+def test_truncated_importance_weights_as_slime_and_verl():
+    """slime (``compute_tis_weights``: clamp(exp(old − rollout), min=tis_clip_low=0, max=tis_clip)) and verl's
+    token-level truncated rollout correction: the weight multiplies the surrogate, and no gradient flows
+    through it."""
+    g = torch.Generator().manual_seed(0)
+    train = -torch.rand(3, 6, generator=g) * 2
+    sampler = train + torch.randn(3, 6, generator=g)
+    mask = torch.ones(3, 6)
+    mask[0, 4:] = 0
+    sampler[0, 5] = -1e30  # padding: ignored, never inf
+    weights, truncated = truncated_importance_weights(train, sampler, 2.0, mask)
+    slime = torch.clamp(torch.exp(train - sampler), min=0.0, max=2.0)
+    on = mask.bool()
+    torch.testing.assert_close(weights[on], slime[on])
+    assert torch.equal(truncated[on], (torch.exp(train - sampler) > 2.0)[on]) and truncated[on].any()
+    assert torch.all(weights[~on] == 1) and not truncated[~on].any()
+
+    logp = train.clone().requires_grad_(True)
+    adv = torch.randn(3, generator=g)
+    plain, _ = clipped_surrogate(logp, train, adv, 0.2, 0.2, mask=mask)
+    weighted, _ = clipped_surrogate(logp, train, adv, 0.2, 0.2, mask=mask, weights=weights)
+    torch.testing.assert_close(weighted, plain * weights)
+    weighted.sum().backward()
+    torch.testing.assert_close(logp.grad, (-adv[:, None] * weights * mask).expand(3, 6))  # ratio = 1

@@ -51,6 +51,7 @@ GRPO_SIG = {
     "adv_ptr": "*fp32",
     "mask_ptr": "*u8",
     "ref_logp_ptr": "*fp32",
+    "pg_weight_ptr": "*fp32",
     "loss_ptr": "*fp32",
     "dloss_ptr": "*fp32",
     "partial_ptr": "*fp32",
@@ -61,6 +62,7 @@ GRPO_SIG = {
     "beta": "fp32",
     "ADV_PER_TOKEN": "constexpr",
     "HAS_REF": "constexpr",
+    "HAS_WEIGHT": "constexpr",
     "BLOCK": "constexpr",
 }
 KERNELS = [
@@ -86,6 +88,8 @@ def compile_all() -> None:
             constexprs = {(names.index(n),): flag for n in flags}
             constexprs[(names.index(block_name),)] = block
             fn = JITFunction(getattr(_triton_kernels, name))
+            # A kernel that gained or lost an argument must have its signature here updated to match.
+            assert list(signature) == fn.arg_names, (name, fn.arg_names)
             source = ASTSource(fn, signature, constexprs)
             compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
             assert compiled.asm["ptx"] and compiled.asm["cubin"], (name, flag)

@@ -70,7 +70,8 @@ def test_token_logprobs_cuda_never_allocates_fp32_tokens_by_vocab():
     assert extra < grad_bytes + 64 * 2**20, (extra, grad_bytes)
 
 
-def test_grpo_loss_cuda_matches_reference():
+@pytest.mark.parametrize("with_weights", [False, True])
+def test_grpo_loss_cuda_matches_reference(with_weights):
     gen = torch.Generator(device="cuda").manual_seed(0)
     shape = (64, 4099)
     logprobs = torch.randn(shape, device="cuda", generator=gen) * 0.5 - 1.5
@@ -78,10 +79,11 @@ def test_grpo_loss_cuda_matches_reference():
     ref = logprobs + torch.randn(shape, device="cuda", generator=gen) * 0.2
     adv = torch.randn(64, device="cuda", generator=gen)
     mask = torch.rand(shape, device="cuda", generator=gen) > 0.2
+    weights = torch.rand(shape, device="cuda", generator=gen) * 2 if with_weights else None  # TIS
     outs, grads = [], []
     for fn in (grpo_loss, grpo_loss_reference):
         x = logprobs.clone().requires_grad_()
-        out = fn(x, old, adv, mask, ref, clip_high=0.28, beta=0.04)
+        out = fn(x, old, adv, mask, ref, clip_high=0.28, beta=0.04, pg_weights=weights)
         out[0].sum().backward()
         outs.append(out)
         grads.append(x.grad)

@@ -53,6 +53,17 @@ def test_matches_reference(per_token_adv, with_ref):
     assert (kl_mean > 0) if with_ref else (kl_mean == 0)
 
 
+def test_pg_weights_scale_only_the_surrogate():
+    """Truncated importance weights: the kernel weights the surrogate term (not the KL) as the reference
+    does, and with the KL off the loss is exactly weights × the unweighted loss."""
+    logprobs, old, adv, mask, ref = _batch(batch=3, seq_len=1500, seed=4)  # two program blocks
+    weights = torch.rand(logprobs.shape, generator=torch.Generator().manual_seed(9)) * 2
+    _compare(logprobs, old, adv, mask, ref, beta=0.1, pg_weights=weights)
+    (weighted, _, _), _ = _compare(logprobs, old, adv, mask, None, pg_weights=weights)
+    (plain, _, _), _ = _compare(logprobs, old, adv, mask, None)
+    torch.testing.assert_close(weighted, plain * weights * mask)
+
+
 def test_asymmetric_clip_and_float_mask():
     logprobs, old, adv, mask, ref = _batch(batch=3, seq_len=1500, seed=1)  # two program blocks
     _compare(logprobs, old, adv, mask.float() * 0.5, ref, clip_low=0.2, clip_high=0.28, beta=0.1)
@@ -114,6 +125,10 @@ def test_meta_opcheck_and_compile():
 
     x = logprobs.clone().requires_grad_()
     torch.library.opcheck(torch.ops.megatron_r1.grpo_loss.default, (x, old, adv, mask, ref, 0.2, 0.28, 0.1))
+    weights = torch.rand_like(old) * 2  # truncated importance weights
+    torch.library.opcheck(
+        torch.ops.megatron_r1.grpo_loss.default, (x, old, adv, mask, ref, 0.2, 0.28, 0.1, weights)
+    )
 
     def step(lp):
         loss, clip_fraction, kl_mean = grpo_loss(lp, old, adv, mask, ref, beta=0.1, impl="triton")

@@ -383,6 +383,7 @@ def _e2e_worker(rank: int, run_dir: str) -> dict:
             "data.prompts_per_step=2",
             "rollout.group_size=4",
             "rollout.max_new_tokens=16",
+            "algorithm.kl_coef=0.01",  # a learning signal every step: after 2 warm-up steps rewards are equal
             "eval.every=0",
             "data.eval_size=8",
             "log.tensorboard=false",
