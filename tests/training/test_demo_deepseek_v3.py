@@ -20,4 +20,5 @@ def test_deepseek_v3_demo_improves_accuracy(tmp_path):
     evals = {r["step"]: r["eval/accuracy"] for r in rows if "eval/accuracy" in r}
     assert set(evals) == {0, 20}
     assert evals[20] >= evals[0] + 0.2, evals  # measured: 0.312 -> 0.703
-    assert all(r["logprob_diff"] < 1e-5 for r in rows[1:])
+    diffs = [r["logprob_diff"] for r in rows[1:] if r["logprob_diff"] is not None]  # None: no-signal step
+    assert diffs and max(diffs) < 1e-5
