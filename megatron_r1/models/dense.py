@@ -68,6 +68,9 @@ def dense_transformer_config(cfg: ModelConfig, parallel: ParallelConfig):
         kv_channels=cfg.kv_channels,
         tensor_model_parallel_size=parallel.tensor_parallel,
         pipeline_model_parallel_size=parallel.pipeline_parallel,
+        # Megatron refuses SP without TP; at TP = 1 it would change nothing, so it is simply off.
+        sequence_parallel=getattr(parallel, "sequence_parallel", False) and parallel.tensor_parallel > 1,
+        context_parallel_size=getattr(parallel, "context_parallel", 1),
         normalization="RMSNorm",
         layernorm_epsilon=cfg.norm_epsilon,
         gated_linear_unit=True,

@@ -37,6 +37,8 @@ class ParallelState:
     dp_group: object
     ep_size: int = 1
     """Expert-parallel size (ranks of the DP group that split the experts)."""
+    cp_size: int = 1
+    """Context-parallel size (ranks that split each sequence)."""
 
     @property
     def is_first_stage(self) -> bool:
@@ -71,6 +73,7 @@ def init_distributed(cfg: ParallelConfig, seed: int = 1234) -> ParallelState:
     from megatron.core import parallel_state as mpu
 
     use_cuda = uses_cuda(cfg)
+    check_context_parallel(cfg, use_cuda)
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_cuda else "gloo")
     if not use_cuda:
         from megatron_r1.parallel.cpu import apply_cpu_patches
@@ -85,23 +88,27 @@ def init_distributed(cfg: ParallelConfig, seed: int = 1234) -> ParallelState:
             init = f"tcp://127.0.0.1:{free_port()}"
             dist.init_process_group(backend=backend, init_method=init, rank=0, world_size=1)
     world = dist.get_world_size()
-    tp, pp = cfg.tensor_parallel, cfg.pipeline_parallel
-    if world % (tp * pp):
+    tp, pp, cp = cfg.tensor_parallel, cfg.pipeline_parallel, getattr(cfg, "context_parallel", 1)
+    if world % (tp * pp * cp):
         from megatron_r1.config import ConfigError
 
         raise ConfigError(
-            f"world size {world} is not divisible by tensor_parallel × pipeline_parallel = {tp} × {pp}"
+            f"world size {world} is not divisible by tensor_parallel × pipeline_parallel × context_parallel "
+            f"= {tp} × {pp} × {cp}"
         )
     if mpu.model_parallel_is_initialized():
         mpu.destroy_model_parallel()
     ep = cfg.expert_parallel
-    if (world // (tp * pp)) % ep:
+    if (world // (tp * pp * cp)) % ep:
         from megatron_r1.config import ConfigError
 
-        dp = world // (tp * pp)
+        dp = world // (tp * pp * cp)
         raise ConfigError(f"parallel.expert_parallel={ep} must divide the data-parallel size {dp}")
     mpu.initialize_model_parallel(
-        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, expert_model_parallel_size=ep
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        context_parallel_size=cp,
+        expert_model_parallel_size=ep,
     )
     state = ParallelState(
         rank=dist.get_rank(),
@@ -118,9 +125,39 @@ def init_distributed(cfg: ParallelConfig, seed: int = 1234) -> ParallelState:
         pp_group=mpu.get_pipeline_model_parallel_group(),
         dp_group=mpu.get_data_parallel_group(),
         ep_size=ep,
+        cp_size=cp,
     )
     seed_model_parallel(seed, state, use_cuda)
     return state
+
+
+def check_context_parallel(cfg: ParallelConfig, use_cuda: bool) -> None:
+    """Refuse context parallelism before any work where it cannot run: only Transformer Engine's attention
+    (CUDA) takes Megatron's CP group (the local spec's does not), and the policy does not split sequences
+    into CP chunks yet."""
+    cp = getattr(cfg, "context_parallel", 1)
+    if cp == 1:
+        return
+    from megatron_r1.config import ConfigError
+
+    try:
+        import transformer_engine  # noqa: F401
+
+        have_te = True
+    except ImportError:
+        have_te = False
+    if not (use_cuda and have_te):
+        raise ConfigError(
+            f"parallel.context_parallel={cp} needs Transformer Engine's attention on CUDA; the local layer "
+            "spec (CPU, or no transformer_engine) cannot split sequences: use parallel.context_parallel=1"
+        )
+    # The groups and TransformerConfig.context_parallel_size are wired; what is missing is the policy's side:
+    # splitting tokens, labels and per-token tensors into 2 × CP load-balanced chunks and gathering the
+    # per-sequence sums of the loss. Until then a CP run would train on wrong attention, so it stops here.
+    raise ConfigError(
+        f"parallel.context_parallel={cp}: the policy does not split sequences into 2 × CP chunks yet "
+        "(training/policy.py); use parallel.context_parallel=1"
+    )
 
 
 def seed_model_parallel(seed: int, state: ParallelState, use_cuda: bool) -> None:

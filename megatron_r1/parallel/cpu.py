@@ -179,6 +179,105 @@ def _apply_model_patches() -> None:
         import transformer_engine  # noqa: F401
     except ImportError:
         mla.HAVE_TE = False
+    _allow_sequence_parallel_torch_norm()
+    _exact_mla_rope_key_gradient(mla)
+
+
+def _allow_sequence_parallel_torch_norm() -> None:
+    """``torch_norm.WrappedTorchNorm.__new__`` (the local spec's norms) asserts "sequence parallel not
+    supported by torch LayerNorm"; a LayerNorm / RMSNorm is per token, so on a sequence-parallel shard it
+    needs nothing more than what Transformer Engine's norms do: its weights marked ``sequence_parallel``,
+    so that their gradients (each rank's share of the tokens) are summed over TP (``LocalOptimizer``, as
+    ``finalize_model_grads`` does on CUDA). The norm is built from a copy of the config without the flag."""
+    import copy
+
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    build = WrappedTorchNorm.__new__
+    if getattr(build, "_megatron_r1_cpu", False):
+        return
+
+    @functools.wraps(build)
+    def build_on_sequence_shards(cls, config, *args, **kwargs):
+        if not config.sequence_parallel:
+            return build(cls, config, *args, **kwargs)
+        plain = copy.copy(config)
+        plain.sequence_parallel = False
+        norm = build(cls, plain, *args, **kwargs)
+        for param in norm.parameters():
+            param.sequence_parallel = True
+        return norm
+
+    build_on_sequence_shards._megatron_r1_cpu = True
+    WrappedTorchNorm.__new__ = build_on_sequence_shards
+
+
+def _exact_mla_rope_key_gradient(mla) -> None:
+    """``MLASelfAttention.get_query_key_value_tensors`` with the local spec (``linear_kv_down_proj`` a
+    ``ColumnParallelLinear``, 0.16) all-gathers the down projection's columns and splits off the shared
+    rotary key ``k_pos_emb``, which each TP rank then uses for its own heads only; the gather's backward
+    keeps this rank's columns of its *own* partial gradient, so the other ranks' share of ``k_pos_emb``'s
+    gradient is lost and every gradient upstream differs from one process under TP (with or without SP).
+    After ``MLASelfAttention.__init__`` the projection's class becomes :class:`_MLAKVDownProjection`, which
+    hands MLA the layout of TE's duplicated projection instead; MLA's code for that layout sums the rotary
+    key's gradient over TP."""
+    from megatron.core.tensor_parallel import ColumnParallelLinear
+
+    init = mla.MLASelfAttention.__init__
+    if getattr(init, "_megatron_r1_cpu", False):
+        return
+
+    @functools.wraps(init)
+    def init_with_exact_rope_key_gradient(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if type(self.linear_kv_down_proj) is ColumnParallelLinear:
+            self.linear_kv_down_proj.__class__ = _mla_kv_down_projection_class()
+
+    init_with_exact_rope_key_gradient._megatron_r1_cpu = True
+    mla.MLASelfAttention.__init__ = init_with_exact_rope_key_gradient
+
+
+@functools.cache
+def _mla_kv_down_projection_class():
+    from megatron.core.tensor_parallel import ColumnParallelLinear
+    from megatron.core.tensor_parallel.mappings import (
+        gather_from_tensor_model_parallel_region,
+        scatter_to_sequence_parallel_region,
+    )
+
+    class _SumGradOverTP(torch.autograd.Function):
+        """Forward: identity; backward: the gradient summed over TP. (Megatron's
+        ``copy_to_tensor_model_parallel_region`` all-reduces ``grad.contiguous()`` and returns the original:
+        a non-contiguous gradient, as this one is, would come back unreduced.)"""
+
+        @staticmethod
+        def forward(ctx, tensor, group):
+            ctx.group = group
+            return tensor.view_as(tensor)
+
+        @staticmethod
+        def backward(ctx, grad):
+            grad = grad.contiguous()
+            torch.distributed.all_reduce(grad, group=ctx.group)
+            return grad, None
+
+    class _MLAKVDownProjection(ColumnParallelLinear):
+        """The column-parallel KV down projection returning full columns: under SP on 1/TP of the tokens
+        (MLA then all-gathers ``k_pos_emb`` over the sequence; backward: reduce-scatter, the TP sum), without
+        SP with the rotary columns' gradient summed over TP."""
+
+        def forward(self, hidden_states, *args, **kwargs):
+            out, bias = super().forward(hidden_states, *args, **kwargs)
+            if self.tp_group.size() == 1:
+                return out, bias
+            out = gather_from_tensor_model_parallel_region(out, group=self.tp_group)  # [s, b, lora + rope]
+            if self.config.sequence_parallel:
+                return scatter_to_sequence_parallel_region(out, group=self.tp_group), bias
+            latent, rope = out.split([self.config.kv_lora_rank, self.config.qk_pos_emb_head_dim], dim=-1)
+            rope = _SumGradOverTP.apply(rope, self.tp_group)
+            return torch.cat([latent, rope], dim=-1), bias
+
+    return _MLAKVDownProjection
 
 
 def seed_cpu_rng_tracker(seed: int, tp_rank: int) -> None:

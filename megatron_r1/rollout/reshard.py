@@ -1,7 +1,8 @@
 """Weight sync: Megatron shards (TP × PP) → full, Hugging Face-named tensors for the rollout engine.
 
-Every rank takes part: TP shards are all-gathered inside the TP group (the fused gate/up projection
-is gathered per half, since each rank holds ``[gate_r; up_r]``); each pipeline stage broadcasts its
+Every rank takes part: TP shards are all-gathered inside the (expert) TP group (every SwiGLU first
+linear — dense, shared and routed experts — is gathered per half, since each rank holds
+``[gate_r; up_r]``: :func:`megatron_r1.convert.naming.gated_parameters`); each pipeline stage broadcasts its
 layers to the other stages. Tensors stream out one at a time and are grouped into buckets of bounded
 size, so the engine can load them while the next bucket is being gathered and nothing holds a second
 copy of the whole model.
@@ -9,63 +10,69 @@ copy of the whole model.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
 
+from megatron_r1.convert.naming import (
+    LOCAL_EXPERT,
+    canonical_name,
+    expert_layout,
+    gated_parameters,
+    global_name,
+    tp_unshard,
+)
 from megatron_r1.parallel import ParallelState
 
 
-def _global_names(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+def _global_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     """(global name, tensor) for this stage: global layer (and expert) indices, the local spec's names
     (a TE spec's fused-norm names are mapped), parameters plus the MoE router's ``expert_bias`` buffer
     (aux-loss-free balancing: not a parameter, but the HF checkpoint's ``e_score_correction_bias``)."""
-    from megatron_r1.convert.checkpoint import canonical_name, global_name
-
     tensors = list(model.named_parameters())
     tensors += [(n, b) for n, b in model.named_buffers() if n.endswith("router.expert_bias")]
     return [(canonical_name(global_name(model, name)), t) for name, t in tensors]
 
 
-def _gather_tp(name: str, param: torch.Tensor, state: ParallelState) -> torch.Tensor:
+def _gather_tp(name: str, param: torch.Tensor, gated: bool) -> torch.Tensor:
+    """The full tensor of a TP-sharded parameter (its shards gathered over the (expert) TP group); a
+    replicated one as it is."""
     tensor = param.detach()
-    if state.tp_size == 1 or not getattr(param, "tensor_model_parallel", False):
+    if not getattr(param, "tensor_model_parallel", False):
         return tensor
-    dim = param.partition_dim
-    shards = [torch.empty_like(tensor) for _ in range(state.tp_size)]
-    dist.all_gather(shards, tensor.contiguous(), group=state.tp_group)
-    if name.endswith("mlp.linear_fc1.weight"):
-        halves = [s.chunk(2, dim=0) for s in shards]
-        return torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=0)
-    return torch.cat(shards, dim=dim)
+    from megatron.core import parallel_state as mpu
 
-
-_EXPERT = re.compile(r"\.experts\.local_experts\.(\d+)\.")
+    expert = LOCAL_EXPERT.search(name) is not None
+    group = mpu.get_expert_tensor_parallel_group() if expert else mpu.get_tensor_model_parallel_group()
+    size = dist.get_world_size(group)
+    if size == 1:
+        return tensor
+    shards = [torch.empty_like(tensor) for _ in range(size)]
+    dist.all_gather(shards, tensor.contiguous(), group=group)
+    return tp_unshard(shards, param.partition_dim, gated)
 
 
 def _stage_tensors(model: torch.nn.Module, state: ParallelState) -> Iterator[tuple[str, torch.Tensor]]:
     """This stage's full tensors: TP shards gathered, and under expert parallelism every EP rank's experts
     (gathered over the EP group, renamed to their global expert index)."""
-    from megatron_r1.convert.checkpoint import _expert_layout
-
-    first, local = _expert_layout(model)
+    first, local = expert_layout(model)
+    gated = gated_parameters(model)
     ep_group = None
     if state.ep_size > 1:
         from megatron.core import parallel_state as mpu
 
         ep_group = mpu.get_expert_model_parallel_group()
-    for name, param in _global_names(model):
-        full = _gather_tp(name, param, state)
+    for name, param in _global_tensors(model):
+        full = _gather_tp(name, param, id(param) in gated)
         if ep_group is None or getattr(param, "allreduce", True):
             yield name, full
             continue
         parts = [torch.empty_like(full) for _ in range(state.ep_size)]
         dist.all_gather(parts, full.contiguous(), group=ep_group)
-        offset = int(_EXPERT.search(name).group(1)) - first
+        offset = int(LOCAL_EXPERT.search(name).group(1)) - first
         for rank, part in enumerate(parts):
-            yield _EXPERT.sub(f".experts.local_experts.{rank * local + offset}.", name), part
+            yield LOCAL_EXPERT.sub(f".experts.local_experts.{rank * local + offset}.", name), part
 
 
 def full_megatron_tensors(model: torch.nn.Module, state: ParallelState) -> Iterator[tuple[str, torch.Tensor]]:

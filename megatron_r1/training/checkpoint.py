@@ -320,3 +320,28 @@ def save_or_explain(run_dir: str | Path, step: int, save: Callable[[], Path]) ->
             f"{what} while saving step {step} to {tmp}; "
             + (f"kept step {checkpoint_step(kept)} ({kept})" if kept else "no earlier checkpoint")
         ) from exc
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from a run directory (its latest complete checkpoint) or a step directory."""
+    path = Path(path)
+    if (path / "model").is_dir():
+        return path
+    found = latest_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"{path}: no checkpoint (neither a step_N directory nor a run with one)")
+    return found
+
+
+def load_model_weights(path: str | Path, model) -> Path:
+    """Only the model weights of checkpoint (or run directory) ``path`` into ``model``, under this run's
+    layout (dist_checkpointing reshards); returns the checkpoint directory used."""
+    from megatron.core import dist_checkpointing
+
+    ckpt = resolve_checkpoint(path)
+    reason = verify_checkpoint(ckpt)
+    if reason is not None:
+        raise CheckpointError(f"{ckpt}: {reason}")
+    loaded = dist_checkpointing.load(model.sharded_state_dict(), str(ckpt / "model"))
+    model.load_state_dict(loaded, strict=False)
+    return ckpt

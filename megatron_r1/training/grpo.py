@@ -46,7 +46,7 @@ def sync_weights(c: Components) -> None:
     """Megatron shards → full HF-named tensors → the rollout engine, in bounded buckets."""
     bucket_bytes = c.cfg.rollout.weight_sync_bucket_mb * 2**20
     for bucket in hf_weight_buckets(c.model, c.state, c.to_hf, bucket_bytes):
-        c.engine.update_weights(bucket)  # an IdleEngine off the model-parallel leader: every rank gathers
+        c.engine.update_weights(bucket)  # every rank gathers; an IdleEngine (native, off the leader) drops it
 
 
 def _dp_sum(values: list[float], c: Components) -> list[float]:
@@ -142,8 +142,14 @@ def rollout(c: Components, step: int, rows: list[dict]):
 
 def generate_once(c: Components, prompt_ids: list[list[int]], sampling: SamplingParams) -> list:
     """Generate on the first rank of each model-parallel (TP × PP) group and broadcast to the others, so every
-    rank of a DP replica trains on the same completions (two GPUs need not sample bit-identically)."""
+    rank of a DP replica trains on the same completions (two GPUs need not sample bit-identically); an SPMD
+    engine (vLLM under torchrun) generates on every rank in the rollout layout (``rollout/spmd``)."""
     s = c.state
+    if getattr(c.engine, "spmd", False):  # vLLM on every rank, in its own rollout layout
+        from megatron_r1.rollout.spmd import generate_spmd
+
+        tp = c.cfg.rollout.tensor_parallel
+        return generate_spmd(c.engine, prompt_ids, sampling, s.dp_rank, s.dp_size, tp)
     if s.tp_size * s.pp_size == 1:
         return c.engine.generate(prompt_ids, sampling) if prompt_ids else []
     from megatron.core import parallel_state as mpu
@@ -235,7 +241,7 @@ def update(c: Components, batch: dict[str, torch.Tensor], step: int, total_steps
     metrics["grad_norm"] = grad_norm
     metrics["skipped"] = 0.0 if stepped and math.isfinite(metrics["loss"]) else 1.0
     metrics["no_signal"] = 0.0
-    return metrics
+    return metrics | c.policy.router_load.metrics(c.state)  # MoE: tokens per expert (routing collapse)
 
 
 def _on_all_stages(logprobs: torch.Tensor | None, batch: dict, c: Components) -> torch.Tensor:

@@ -7,7 +7,10 @@ On CPU (gloo: tests, the demo) Megatron's DDP and optimizer hard-code CUDA, so t
 global counts), and the global gradient norm computed once per parameter shard: tensor-parallel shards are
 summed over the TP group, replicated parameters (norms) counted once, stages summed over the PP group.
 With tied embeddings under PP, the two copies' gradients are summed over the embedding group and the norm
-counts the weight once.
+counts the weight once. Parameters replicated over TP whose gradients are partial per TP rank — those marked
+``sequence_parallel`` (norms and the MoE router under sequence parallelism) and the q/k layernorms — are
+summed over TP, and the routers' expert bias (aux-loss-free balancing) is updated from the tokens-per-expert
+counts, as Megatron's ``finalize_model_grads`` does on CUDA.
 """
 
 from __future__ import annotations
@@ -35,11 +38,52 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int, peak: float | None = No
     return cfg.min_lr + (peak - cfg.min_lr) * (1.0 - progress)
 
 
+def tp_summed_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Parameters replicated over TP whose gradient each TP rank holds only a part of, so it must be summed
+    over TP: those marked ``sequence_parallel`` (under sequence parallelism every rank sees 1/TP of the
+    tokens) and the q/k layernorms (applied to this rank's heads only) — Megatron's
+    ``_allreduce_non_tensor_model_parallel_grads`` rule. MLA's ``q_layernorm`` is not per head: it normalises
+    the full query latent, whose gradient the column-parallel up projection already all-reduces, so it is
+    summed only when sequence parallelism marks it (Megatron's name rule would double it on the local
+    spec)."""
+    config = model.config
+    per_head_qk_norm = config.qk_layernorm and not getattr(config, "multi_latent_attention", False)
+    return [
+        p
+        for name, p in model.named_parameters()
+        if p.requires_grad
+        and (
+            (config.sequence_parallel and getattr(p, "sequence_parallel", False))
+            or (per_head_qk_norm and ("q_layernorm" in name or "k_layernorm" in name))
+        )
+    ]
+
+
+def update_expert_bias(model: torch.nn.Module) -> None:
+    """DeepSeek-V3's aux-loss-free balancing: every router's ``expert_bias`` moves by ± the update rate
+    towards the mean load, from its tokens-per-expert counts summed over TP × CP × DP (Megatron's
+    ``get_updated_expert_bias``, called as ``finalize_model_grads._update_router_expert_bias`` does); the
+    counts are reset."""
+    routers = [m for m in model.modules() if getattr(m, "expert_bias", None) is not None]
+    if not routers:
+        return
+    from megatron.core.transformer.moe.moe_utils import get_updated_expert_bias
+
+    counts = torch.stack([r.local_tokens_per_expert for r in routers])  # [routers, experts]
+    biases = torch.stack([r.expert_bias for r in routers])
+    updated = get_updated_expert_bias(counts, biases, model.config.moe_router_bias_update_rate)
+    for router, bias in zip(routers, updated):
+        router.expert_bias.copy_(bias)
+        router.local_tokens_per_expert.zero_()
+
+
 class LocalOptimizer:
     """AdamW with data-parallel gradient sum and TP/PP-aware global-norm clipping (CPU / gloo)."""
 
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, state: ParallelState):
+        self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.tp_summed = tp_summed_parameters(model) if state.tp_size > 1 else []
         self.cfg = cfg
         self.state = state
         self.opt = torch.optim.AdamW(
@@ -55,6 +99,10 @@ class LocalOptimizer:
             p.grad = None
 
     def _reduce_grads(self) -> None:
+        for p in self.tp_summed:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, group=self.state.tp_group)
         if self.state.pp_size > 1:
             self._reduce_tied_embedding_grads()
         if self.state.dp_size == 1:
@@ -112,6 +160,7 @@ class LocalOptimizer:
     def step(self, lr: float) -> tuple[float, bool]:
         """Reduce, clip, step. Returns (grad_norm, stepped); a non-finite norm skips the update."""
         self._reduce_grads()
+        update_expert_bias(self.model)  # before the non-finite check, as finalize_model_grads runs first
         norm = self.grad_norm()
         if not math.isfinite(norm):
             self.zero_grad()

@@ -19,6 +19,7 @@ import torch
 
 from megatron_r1.kernels import token_logprobs
 from megatron_r1.parallel import ParallelState
+from megatron_r1.training.router_load import RouterLoad
 
 # (logprobs [b, S-1], entropy [b, S-1] | None, micro-batch dict) -> (loss scalar, metrics {name: tensor})
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, dict], tuple[torch.Tensor, dict]]
@@ -50,6 +51,30 @@ def next_token_logprobs(
     return logprobs[:, :-1], (entropy[:, :-1] if entropy is not None else None)
 
 
+def pad_to_multiple(tokens: torch.Tensor, multiple: int, pad_id: int = 0) -> torch.Tensor:
+    """tokens [b, s] → [b, s'] right-padded with ``pad_id`` to the next multiple of ``multiple``; the causal
+    model's outputs at the first s positions do not depend on the padding."""
+    extra = -tokens.shape[1] % multiple
+    return torch.nn.functional.pad(tokens, (0, extra), value=pad_id) if extra else tokens
+
+
+def pad_packed_inputs(
+    positions: torch.Tensor, mask: torch.Tensor | None, length: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Packed rows' ``positions`` [b, s] and boolean ``mask`` [b, 1, s, s] (True = hidden), grown to
+    ``length``: the pad positions continue the count, see only themselves, and no real token sees them."""
+    extra = length - positions.shape[1]
+    if extra <= 0:
+        return positions, mask
+    tail = positions[:, -1:] + torch.arange(1, extra + 1, device=positions.device)
+    positions = torch.cat([positions, tail], dim=1)
+    if mask is not None:
+        mask = torch.nn.functional.pad(mask, (0, extra, 0, extra), value=True)
+        idx = torch.arange(length - extra, length, device=mask.device)
+        mask[..., idx, idx] = False
+    return positions, mask
+
+
 def _scaled(base: Callable | None, factor: float, loss: torch.Tensor) -> torch.Tensor:
     return (base(loss) if base is not None else loss) * factor
 
@@ -67,17 +92,33 @@ class Policy:
         if not model.config.calculate_per_token_loss:
             raise ValueError("Policy: the model must be built with calculate_per_token_loss=True")
         model.config.variable_seq_lengths = True
+        self.router_load = RouterLoad(model)
+        """Tokens per expert of the MoE routers in the training forwards (load-balance metrics)."""
 
     def _forward_step(
         self, loss_fn: LossFn, with_entropy: bool, temperature: float, multiplier: float, data_iterator, model
     ):
         mb = next(data_iterator)
-        tokens = mb["tokens"]
-        positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
-        output = model(tokens, positions, None)
-        return output, partial(self._loss, loss_fn, with_entropy, temperature, multiplier, mb)
+        # Sequence parallelism: the model's input is padded to a multiple of TP (_sequence_multiple).
+        tokens = pad_to_multiple(mb["tokens"], self._sequence_multiple())
+        # Packed SFT rows bring their own positions and block-diagonal mask (data/sft.py); otherwise plain
+        # causal attention from position 0 is exact (module docstring).
+        positions, mask = mb.get("position_ids"), mb.get("attention_mask")
+        if positions is None:
+            positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+        else:
+            positions, mask = pad_packed_inputs(positions, mask, tokens.shape[1])
+        output = model(tokens, positions, mask)
+        return output, partial(self._loss, loss_fn, with_entropy, temperature, multiplier, mb, tokens)
 
-    def _aux_loss_tokens(self, batch: dict[str, torch.Tensor]) -> float | None:
+    def _sequence_multiple(self) -> int:
+        """Sequence parallelism splits the sequence over TP ranks: its length must be a multiple of TP."""
+        return self.state.tp_size if self.model.config.sequence_parallel else 1
+
+    def _padded_length(self, seq_length: int) -> int:
+        return seq_length + -seq_length % self._sequence_multiple()
+
+    def _aux_loss_tokens(self, batch: list[dict[str, torch.Tensor]]) -> float | None:
         """Tokens the MoE routers see in this step over all micro-batches and DP ranks, or None for a
         model without router losses.
 
@@ -95,7 +136,9 @@ class Policy:
         ):
             return None
         # Under sequence parallelism a router sees its TP rank's share of the sequence.
-        local = batch["tokens"].numel() // (self.state.tp_size if config.sequence_parallel else 1)
+        local = sum(mb["tokens"].shape[0] * self._padded_length(mb["tokens"].shape[1]) for mb in batch) // (
+            self.state.tp_size if config.sequence_parallel else 1
+        )
         total = torch.tensor(float(local), dtype=torch.float64, device=self.state.device)
         if self.state.dp_size > 1:
             torch.distributed.all_reduce(total, group=self.state.dp_group)
@@ -108,42 +151,54 @@ class Policy:
         temperature: float,
         multiplier: float,
         mb: dict,
+        tokens: torch.Tensor,
         logits: torch.Tensor,
     ):
+        # ``tokens`` is the model's (padded) input: the logits go to the kernel whole, the results are cut
+        # back to the batch's S − 1 labels (causal: the padding changes none of them).
         logprobs, entropy = next_token_logprobs(
             logits,
-            mb["tokens"],
+            tokens,
             tp_group=self.state.tp_group if self.state.tp_size > 1 else None,
             temperature=temperature,
             with_entropy=with_entropy,
             impl=self.logprob_impl,
         )
+        labels = mb["tokens"].shape[1] - 1
+        logprobs, entropy = logprobs[:, :labels], (entropy[:, :labels] if entropy is not None else None)
         loss, metrics = loss_fn(logprobs, entropy, mb)
         return loss * multiplier, torch.ones((), dtype=torch.int), metrics
 
     def run(
         self,
-        batch: dict[str, torch.Tensor],
+        batch: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]],
         loss_fn: LossFn,
         micro_batch_size: int,
         forward_only: bool = False,
         with_entropy: bool = False,
         temperature: float = 1.0,
     ) -> list[dict]:
-        """Forward (+ backward unless ``forward_only``) over ``batch`` in micro-batches; gradients accumulate
-        in ``.grad``. Log-probs (and entropy) are of ``softmax(logits / temperature)``. Returns the
-        per-micro-batch metrics dicts (on the last pipeline stage; [] elsewhere)."""
+        """Forward (+ backward unless ``forward_only``) over ``batch`` in micro-batches of
+        ``micro_batch_size`` rows, or over a list of ready micro-batches (each its own shape: SFT's token
+        budget); gradients accumulate in ``.grad``. Log-probs (and entropy) are of
+        ``softmax(logits / temperature)``. Returns the per-micro-batch metrics dicts (on the last pipeline
+        stage; [] elsewhere)."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
-        n = batch["tokens"].shape[0]
-        micro = [
-            {k: v[i : i + micro_batch_size] for k, v in batch.items()} for i in range(0, n, micro_batch_size)
-        ]
+        if isinstance(batch, dict):
+            n = batch["tokens"].shape[0]
+            micro = [
+                {k: v[i : i + micro_batch_size] for k, v in batch.items()}
+                for i in range(0, n, micro_batch_size)
+            ]
+        else:
+            micro = list(batch)
+            micro_batch_size = max(mb["tokens"].shape[0] for mb in micro)
         self.model.train(not forward_only)
         context = torch.no_grad() if forward_only else torch.enable_grad()
         # MoE aux loss: the schedules scale it by ``grad_scale_func(1)`` and the main loss by
         # ``grad_scale_func`` too, so the scale gets a factor 1 / N and the main loss a factor N.
-        aux_tokens = None if forward_only else self._aux_loss_tokens(batch)
+        aux_tokens = None if forward_only else self._aux_loss_tokens(micro)
         config = self.model.config
         base_scale = config.grad_scale_func  # the optimizer's loss scale (fp16), or None
         if aux_tokens:
@@ -157,7 +212,7 @@ class Policy:
                     data_iterator=iter(micro),
                     model=[self.model],
                     num_microbatches=len(micro),
-                    seq_length=batch["tokens"].shape[1],
+                    seq_length=max(self._padded_length(mb["tokens"].shape[1]) for mb in micro),
                     micro_batch_size=micro_batch_size,
                     forward_only=forward_only,
                 )

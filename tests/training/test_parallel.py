@@ -174,6 +174,23 @@ def _sft(cfg, weights: dict, batch: dict, micro_batch_size: int, hide_dp: bool =
     return sft_step(c, sft, lr=1e-3)
 
 
+def _sft_packed(cfg, weights: dict, batch: dict, **layout) -> dict:
+    """``sft.sft_step`` on this rank's sequences packed into one row (data/sft.py: positions restarting at
+    0, block-diagonal mask), as one token-budget micro-batch."""
+    from megatron_r1.data.sft import Example, packed_batch
+    from megatron_r1.training.optim import LocalOptimizer
+    from megatron_r1.training.sft import sft_step
+
+    policy, _ = _layout(cfg, weights, **layout)
+    examples = []
+    for tokens, mask in zip(batch["tokens"].tolist(), batch["response_mask"]):
+        start, end = int(mask.nonzero()[0]) + 1, int(mask.nonzero()[-1]) + 2
+        examples.append(Example(tokens[:start], tokens[start:end]))
+    optimizer = LocalOptimizer(policy.model, cfg.train, policy.state)
+    c = SimpleNamespace(cfg=cfg, state=policy.state, policy=policy, optimizer=optimizer)
+    return sft_step(c, [packed_batch([examples], pad_id=0)], lr=1e-3)
+
+
 def _reference(
     num_layers: int, loss_agg: str = "token-mean", micro_batch_size: int = 2, tied: bool = False
 ) -> dict:
@@ -272,6 +289,7 @@ def _pp(rank: int) -> dict:
         "update": _update(policy, ref["cfg"], ref["batch"], micro_batch_size=1),
         "sft": _sft(ref["cfg"], ref["weights"], ref["batch"], micro_batch_size=1, pp=2),
         "sft_ref": _sft(ref["cfg"], ref["weights"], ref["batch"], micro_batch_size=B, hide_dp=True),
+        "sft_packed": _sft_packed(ref["cfg"], ref["weights"], ref["batch"], pp=2),
     }
 
 
@@ -344,6 +362,7 @@ def _dp(rank: int) -> dict:
     # SFT under DP: each rank its own examples, the global token count as the denominator.
     results["sft_ref"] = _sft(ref["cfg"], ref["weights"], ref["batch"], micro_batch_size=B, hide_dp=True)
     results["sft"] = _sft(ref["cfg"], ref["weights"], local, micro_batch_size=1)
+    results["sft_packed"] = _sft_packed(ref["cfg"], ref["weights"], local)
     return results
 
 
@@ -539,13 +558,15 @@ def test_data_parallel_matches_single_process(layouts):
 
 def test_sft_step_data_and_pipeline_parallel(layouts):
     """sft.sft_step (the warm-up) under DP=2 (half the examples each) and PP=2: every rank reports the
-    whole batch's loss and gradient norm."""
+    whole batch's loss and gradient norm — also with each rank's examples packed into one row (the mask
+    reaches every pipeline stage)."""
     for layout in ("dp", "pp"):
         for r in layouts:
-            got, want = r[layout]["sft"], r[layout]["sft_ref"]
+            want = r[layout]["sft_ref"]
             assert want["sft/grad_norm"] > 0
-            for k in ("sft/loss", "sft/grad_norm"):
-                assert got[k] == pytest.approx(want[k], rel=1e-5), f"{layout}: {k}"
+            for name in ("sft", "sft_packed"):
+                for k in ("sft/loss", "sft/grad_norm"):
+                    assert r[layout][name][k] == pytest.approx(want[k], rel=1e-5), f"{layout} {name}: {k}"
 
 
 def test_gradient_accumulation_matches_full_batch(layouts):

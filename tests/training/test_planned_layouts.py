@@ -1,5 +1,5 @@
-"""Layouts the planner can describe but the trainer does not run yet are refused in one line, before any
-process group or model is built."""
+"""Rollout layouts of their own (``rollout.tensor_parallel`` / ``expert_parallel``) are vLLM's; the native
+engine runs on each model-parallel leader, so a layout for it is refused in one line when the config loads."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import pytest
 from megatron_r1.config import ConfigError, load_config
 
 
-def test_rollout_engines_over_several_gpus_are_refused_at_start():
-    from megatron_r1.training.setup import build_components
-
-    cfg = load_config(None, ["rollout.tensor_parallel=2"])  # valid as a layout: no world size declared
-    with pytest.raises(ConfigError, match=r"^rollout.tensor_parallel=2: rollout engines over several GPUs"):
-        build_components(cfg)
+def test_native_engine_refuses_a_rollout_layout():
+    with pytest.raises(
+        ConfigError, match=r"^rollout.tensor_parallel / rollout.expert_parallel apply to rollout"
+    ):
+        load_config(None, ["rollout.tensor_parallel=2"])
+    with pytest.raises(ConfigError, match=r"^rollout.quantization=fp8 needs rollout.engine=vllm"):
+        load_config(None, ["rollout.quantization=fp8"])
+    cfg = load_config(None, ["rollout.engine=vllm", "rollout.tensor_parallel=2", "rollout.expert_parallel=2"])
+    assert (cfg.rollout.tensor_parallel, cfg.rollout.expert_parallel) == (2, 2)
