@@ -71,7 +71,7 @@ def build_components(cfg: Config) -> Components:
     from megatron_r1.convert import get_adapter
     from megatron_r1.models import build_model, set_recompute
     from megatron_r1.rollout.backends import build_inprocess_engine
-    from megatron_r1.rollout.engine import IdleEngine, build_engine
+    from megatron_r1.rollout.engine import IdleEngine
 
     if not uses_cuda(cfg.parallel) and cfg.train.cpu_threads > 0:
         torch.set_num_threads(cfg.train.cpu_threads)
