@@ -174,6 +174,11 @@ class RolloutConfig:
     quantization: str = "none"
     """vLLM only: none | fp8 (vLLM's online FP8 weight quantisation, redone after every weight update by
     reload_weights); refused at start-up where the engine cannot run it."""
+    cuda_graphs: bool = True
+    """Native engine on CUDA: replay the decode step from CUDA graphs (false: eager decoding)."""
+    offload_on_sleep: bool = False
+    """Native engine: between rollouts move the weights to host memory and free the KV cache and CUDA
+    graphs (re-captured every step, ~0.3 s at 0.5B on an H100); false keeps them on the GPU."""
 
 
 @dataclass

@@ -90,6 +90,8 @@ def main() -> None:
         step_s = statistics.median(times["time/step"])
         tokens = statistics.median(times["response_length/mean"]) * rollouts
         print(f"| generated tokens / s (whole step) | {tokens / step_s:.1f} |")
+        rollout_s = statistics.median(times["time/rollout"])
+        print(f"| generated tokens / s (rollout phase) | {tokens / rollout_s:.1f} |")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@
 #   --out DIR        where logs (DIR/logs/STEP.log), run directories and the table (DIR/gpu_check.md) go.
 #   --only a,b       run only these steps (env always runs).
 #
-# Steps: env, gpu_tests (pytest -m gpu: compiled kernels, CUDA save/kill/resume with both Megatron optimizers,
-# non-finite steps), demo (the embedded demo on CUDA), kernels (tools/bench_kernels.py), grpo_step_0p5b
+# Steps: env, demo (the embedded demo on CUDA), gpu_tests (pytest -m gpu: compiled kernels, CUDA
+# save/kill/resume with both Megatron optimizers, non-finite steps, the native engine's CUDA graphs), kernels
+# (tools/bench_kernels.py), rollout_0p5b / rollout_vs_hf (tools/bench_rollout.py: the native engine on the
+# ~0.5B shape, and against transformers' generate), grpo_step_0p5b
 # (tools/bench_grpo_step.py on the ~0.5B Qwen2 shape, bf16), smollm2 (GRPO on SmolLM2-135M-Instruct, real
 # weights, a held-out gain counted in fully correct answers), plan (predicted vs measured peak memory).
 set -u
@@ -121,6 +123,11 @@ step demo 90 1 metrics_summary -- $CLI train --run-dir "$RUNS/demo" --overwrite 
 step gpu_tests 300 0 pytest_summary -- $PY -m pytest -m gpu -p no:cacheprovider -rA tests
 
 step kernels 75 1 table_summary -- $PY tools/bench_kernels.py --quick
+
+Q05="--model qwen2-0.5b --device cuda --dtype bfloat16 --prompts 32 --samples 8 --new-tokens 256 --no-transformers"
+# shellcheck disable=SC2086
+step rollout_0p5b 90 1 last_lines -- $PY tools/bench_rollout.py $Q05 --repeats 3
+step rollout_vs_hf 90 1 last_lines -- $PY tools/bench_rollout.py --model random --device cuda --dtype float32 --repeats 3
 
 QWEN05B="model.preset=qwen2 model.num_layers=24 model.hidden_size=896 model.ffn_hidden_size=4864
   model.num_attention_heads=14 model.num_query_groups=2 model.add_qkv_bias=true model.params_dtype=bfloat16

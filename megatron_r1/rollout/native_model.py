@@ -5,11 +5,17 @@ The module tree mirrors Hugging Face's ``LlamaForCausalLM`` / ``Qwen2ForCausalLM
 ``lm_head.weight`` only when embeddings are untied) and the numerics follow HF (RMSNorm in float32,
 RoPE tables in float32 cast to the activation dtype, ``cat(freqs, freqs)`` rotate-half layout).
 
-Attention always goes through ``scaled_dot_product_attention`` with an explicit mask so
-one code path serves the full forward, the prefill of left-padded prompts and single-token decode
-against a preallocated KV cache. Cache slots are shared by all rows of a batch (slot ``s`` holds
-step ``s`` of the left-padded layout); padding is excluded through the key mask while RoPE uses
-per-row position ids, so a padded row computes what the unpadded prompt would.
+Two ways to run it:
+
+- ``forward``: the full forward (and a simple cached decode over a left-padded layout, where cache slot
+  ``s`` holds step ``s`` of every row) through ``scaled_dot_product_attention`` with an explicit mask.
+- ``prefill`` + ``decode``: what the rollout engine runs. The KV cache is static (allocated once) and
+  each batch row of it is a *slot* holding one sequence at its own positions (position ``p`` of the
+  sequence lives at cache index ``p``; no left padding). ``prefill`` runs right-padded prompts through
+  SDPA with ``is_causal`` (the fused kernels on GPUs) and writes their keys/values into any slots, one
+  prompt into several (the G samples share the prompt's prefill). ``decode`` advances each slot by one
+  token at its own position, writing with ``index_copy_`` and attending over the cache with a length
+  mask; it allocates nothing that depends on host values, so it can be captured in a CUDA graph.
 
 Not supported (rejected by ``from_hf_config``): sliding-window attention, MLP biases, RoPE
 scaling other than ``linear`` / ``llama3``, partial rotary embeddings, activations other than SiLU.
@@ -160,6 +166,11 @@ class KVCache:
         """A new cache holding rows ``rows`` (``[B']`` int64) of this one, in that order."""
         return KVCache(self.k.index_select(1, rows), self.v.index_select(1, rows))
 
+    def move_rows(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """In place: slot ``dst[i]`` takes the contents of slot ``src[i]`` (``[n]`` int64, disjoint)."""
+        self.k.index_copy_(1, dst, self.k.index_select(1, src))
+        self.v.index_copy_(1, dst, self.v.index_select(1, src))
+
 
 class RMSNorm(nn.Module):
     """``weight * x / rms(x)``, normalised in float32 like HF's ``LlamaRMSNorm``."""
@@ -170,10 +181,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        # F.rms_norm: one fused kernel on CUDA instead of seven (decode is launch-bound at small batch).
+        return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -228,6 +237,71 @@ class Attention(nn.Module):
         )
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
+    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x ``[B, T, hidden]``, cos/sin ``[B, 1, T, D]`` → q ``[B, H, T, D]``, k/v ``[B, H_kv, T, D]``."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
+
+    def prefill(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache,
+        layer: int,
+        slots: torch.Tensor,
+        source: torch.Tensor,
+    ) -> torch.Tensor:
+        """Causal attention over right-padded prompts; keys/values of prompt ``source[i]`` go to cache
+        slot ``slots[i]`` at indices ``0 .. T-1``.
+
+        x: ``[P, T, hidden]``; cos/sin: ``[P, 1, T, D]``; slots, source: ``[n]`` int64.
+        """
+        p, t, _ = x.shape
+        q, k, v = self._qkv(x, cos, sin)
+        cache.k[layer, :, :, :t].index_copy_(0, slots, k.index_select(0, source))
+        cache.v[layer, :, :, :t].index_copy_(0, slots, v.index_select(0, source))
+        out = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(p, t, -1))
+
+    def decode(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache,
+        layer: int,
+        write_index: torch.Tensor,
+        key_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """One new token per slot ``0 .. B-1``, attending over cache indices ``0 .. S-1``.
+
+        x: ``[B, 1, hidden]``; cos/sin: ``[B, 1, 1, D]``; write_index: ``[B * H_kv]`` flat row of
+        ``cache.k[layer].view(-1, D)`` receiving each (slot, kv head)'s key; key_mask: ``[B, 1, 1, S]``
+        float32, 0 where the key is visible and -inf elsewhere.
+        """
+        b = x.shape[0]
+        s, d = key_mask.shape[-1], self.head_dim
+        q, k, v = self._qkv(x, cos, sin)
+        cache.k[layer].view(-1, d).index_copy_(0, write_index, k.reshape(-1, d))
+        cache.v[layer].view(-1, d).index_copy_(0, write_index, v.reshape(-1, d))
+        keys = cache.k[layer, :b, :, :s]  # [B, H_kv, S, D]
+        values = cache.v[layer, :b, :, :s]
+        # Grouped queries as [B, H_kv, G, D] so no key/value head is repeated in memory.
+        q = q.reshape(b, self.num_kv_heads, -1, d)
+        scores = torch.matmul(q, keys.transpose(-1, -2)).float() * (d**-0.5) + key_mask
+        probs = torch.softmax(scores, dim=-1).to(values.dtype)
+        out = torch.matmul(probs, values)  # [B, H_kv, G, D]
+        return self.o_proj(out.reshape(b, 1, -1))
+
 
 class MLP(nn.Module):
     """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
@@ -277,6 +351,83 @@ class NativeCausalLM(nn.Module):
             else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         )
         self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin ``[*positions.shape, D]`` for integer positions (float32 math, then ``dtype``)."""
+        freqs = positions[..., None].float() * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.model.norm(x)
+        head = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(x, head)
+
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        lengths: torch.Tensor,
+        cache: KVCache,
+        slots: torch.Tensor,
+        source: torch.Tensor,
+    ) -> torch.Tensor:
+        """Run right-padded prompts and store their keys/values in cache slots.
+
+        Args:
+            input_ids: ``[P, T]`` prompts, prompt ``i`` in ``input_ids[i, :lengths[i]]`` (padding after).
+            lengths: ``[P]`` int64 prompt lengths (>= 1), on the model's device.
+            cache: the static cache; indices ``0 .. T-1`` of each slot in ``slots`` are overwritten.
+            slots: ``[n]`` int64 cache slots to fill (distinct).
+            source: ``[n]`` int64: slot ``slots[i]`` receives prompt ``source[i]`` (one prompt may
+                fill several slots: prefix sharing of the G samples).
+
+        Returns:
+            ``[P, V]`` logits of each prompt's last token, in the model dtype.
+        """
+        p, t = input_ids.shape
+        x = self.model.embed_tokens(input_ids)
+        positions = torch.arange(t, device=input_ids.device).expand(p, t)
+        cos, sin = self.rope(positions, x.dtype)
+        cos, sin = cos[:, None], sin[:, None]
+        for i, layer in enumerate(self.model.layers):
+            x = x + layer.self_attn.prefill(layer.input_layernorm(x), cos, sin, cache, i, slots, source)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        last = x[torch.arange(p, device=x.device), lengths - 1]  # [P, hidden]
+        return self._logits(last)
+
+    def decode(
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, kv_len: int
+    ) -> torch.Tensor:
+        """One decoding step of cache slots ``0 .. B-1``.
+
+        Args:
+            tokens: ``[B]`` int64, the token of slot ``b`` at position ``positions[b]``.
+            positions: ``[B]`` int64, each ``< kv_len <= cache.max_len``; the token's key/value is
+                written at that cache index and it attends to indices ``0 .. positions[b]``.
+            cache: the static cache (``cache.batch_size >= B``).
+            kv_len: cache indices attended over (a bound on ``positions + 1``; a constant under
+                CUDA graphs, where it is the cache length).
+
+        Returns:
+            ``[B, V]`` next-token logits in the model dtype. No host synchronisation, no allocation
+            whose size depends on device values: safe to capture in a CUDA graph.
+        """
+        b = tokens.shape[0]
+        c = self.config
+        x = self.model.embed_tokens(tokens[:, None])  # [B, 1, hidden]
+        cos, sin = self.rope(positions[:, None, None], x.dtype)  # [B, 1, 1, D]
+        # Row of cache.k[layer].view(-1, D) for (slot b, kv head h): (b * H_kv + h) * S_max + position.
+        slot_head = torch.arange(b * c.num_kv_heads, device=tokens.device)
+        write_index = slot_head * cache.max_len + positions[:, None].expand(b, c.num_kv_heads).reshape(-1)
+        visible = torch.arange(kv_len, device=tokens.device)[None, :] <= positions[:, None]
+        key_mask = torch.zeros(visible.shape, dtype=torch.float32, device=tokens.device)
+        key_mask = key_mask.masked_fill_(~visible, float("-inf"))[:, None, None]  # [B, 1, 1, S]
+        for i, layer in enumerate(self.model.layers):
+            x = x + layer.self_attn.decode(
+                layer.input_layernorm(x), cos, sin, cache, i, write_index, key_mask
+            )
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self._logits(x[:, 0])
 
     def allocate_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty cache for ``batch_size`` rows of ``max_len`` slots, on the model's device."""
@@ -349,6 +500,4 @@ class NativeCausalLM(nn.Module):
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         if last_only:
             x = x[:, -1:]
-        x = self.model.norm(x)
-        head = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(x, head)
+        return self._logits(x)
