@@ -89,6 +89,8 @@ def _native(cfg: Config, tokenizer: Any, device: torch.device, dtype: torch.dtyp
         device=device,
         dtype=dtype,
         max_batch_size=max_batch,
+        cuda_graphs=cfg.rollout.cuda_graphs,
+        offload_on_sleep=cfg.rollout.offload_on_sleep,
     )
 
 

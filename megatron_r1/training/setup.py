@@ -112,8 +112,6 @@ def build_components(cfg: Config) -> Components:
             state.device,
             engine_dtype,
             max_batch_size=max(64, cfg.data.prompts_per_step * cfg.rollout.group_size),
-            cuda_graphs=cfg.rollout.cuda_graphs,
-            offload_on_sleep=cfg.rollout.offload_on_sleep,
         )
     else:
         engine = build_vllm_engine(cfg, state, tokenizer, model, to_hf, engine_dtype)
