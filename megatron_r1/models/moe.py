@@ -57,6 +57,13 @@ def moe_transformer_config(cfg: ModelConfig, parallel: ParallelConfig):
     return TransformerConfig(**moe_config_kwargs(cfg, parallel))
 
 
+def qwen3_moe_transformer_config(cfg: ModelConfig, parallel: ParallelConfig):
+    """Qwen3-MoE always normalises every query / key head (``q_norm`` / ``k_norm``), as the dense Qwen3
+    family does: a preset built from fields without ``qk_layernorm`` would be a model transformers'
+    Qwen3-MoE (the in-process rollout engine, checkpoints) cannot express."""
+    return moe_transformer_config(dataclasses.replace(cfg, qk_layernorm=True), parallel)
+
+
 def moe_layer_spec(tcfg):
     """Decoder block spec (dense and MoE layers as ``moe_layer_freq`` says)."""
     from megatron.core.models.gpt import gpt_layer_specs
@@ -89,7 +96,7 @@ def qwen3_moe_from_hf_config(hf: dict) -> dict:
 register_family(
     Family(
         "qwen3_moe",
-        moe_transformer_config,
+        qwen3_moe_transformer_config,
         moe_layer_spec,
         qwen3_moe_from_hf_config,
         ("Qwen3MoeForCausalLM",),

@@ -8,12 +8,15 @@ trainer drives it through four calls and never imports an engine module directly
 - ``sleep()`` / ``wake_up()`` around the training phase, so a colocated engine gives memory back.
 
 Engines are looked up by name: ``build_engine("native", model_config=..., tokenizer=...)``. Both
-built-in entries are lazy, so importing this module imports neither the native model nor vLLM.
+built-in entries are lazy, so importing this module imports neither the native model nor vLLM. Which
+in-process model serves each family under the name "native" (the hand-written decoder or
+transformers' classes) is ``rollout/backends.py``'s registry.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -26,6 +29,7 @@ __all__ = [
     "SamplingParams",
     "available_engines",
     "build_engine",
+    "make_decode",
     "register_engine",
 ]
 
@@ -109,6 +113,21 @@ class Engine(Protocol):
     def wake_up(self) -> None:
         """Undo ``sleep()`` before the next ``generate``."""
         ...
+
+
+def make_decode(tokenizer: Any) -> Callable[[list[int]], str]:
+    """``ids -> text`` keeping special tokens (HF tokenizers take ``skip_special_tokens``), as
+    ``Completion.text`` requires."""
+    try:
+        params = inspect.signature(tokenizer.decode).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_flag = "skip_special_tokens" in params or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+    )
+    if takes_flag:
+        return lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
+    return lambda ids: tokenizer.decode(ids)
 
 
 EngineFactory = Callable[..., Engine]

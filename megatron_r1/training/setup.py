@@ -47,27 +47,6 @@ def load_tokenizer(cfg: Config):
     return CharTokenizer()
 
 
-def native_engine_config(cfg: Config):
-    from megatron_r1.rollout.native_model import NativeModelConfig
-
-    m = cfg.model
-    return NativeModelConfig(
-        vocab_size=m.vocab_size,
-        hidden_size=m.hidden_size,
-        intermediate_size=m.ffn_hidden_size,
-        num_layers=m.num_layers,
-        num_heads=m.num_attention_heads,
-        num_kv_heads=m.num_query_groups,
-        head_dim=m.kv_channels,
-        rope_theta=m.rotary_base,
-        rms_norm_eps=m.norm_epsilon,
-        qkv_bias=m.add_qkv_bias,
-        tie_word_embeddings=m.tie_word_embeddings,
-        max_position_embeddings=m.max_position_embeddings,
-        qk_norm=m.qk_layernorm,
-    )
-
-
 def _resolve_model_config(cfg: Config, tokenizer) -> None:
     if cfg.model.hf_path:
         from megatron_r1.models.hf import model_config_from_hf
@@ -91,7 +70,8 @@ def build_components(cfg: Config) -> Components:
     from megatron_r1.config import validate
     from megatron_r1.convert import get_adapter
     from megatron_r1.models import build_model, set_recompute
-    from megatron_r1.rollout.engine import IdleEngine, build_engine
+    from megatron_r1.rollout.backends import build_inprocess_engine
+    from megatron_r1.rollout.engine import IdleEngine
 
     if not uses_cuda(cfg.parallel) and cfg.train.cpu_threads > 0:
         torch.set_num_threads(cfg.train.cpu_threads)
@@ -125,15 +105,13 @@ def build_components(cfg: Config) -> Components:
     if cfg.rollout.engine == "native" and not state.mp_leader:
         engine = IdleEngine()  # the native engine generates on each TP × PP group's first rank
     elif cfg.rollout.engine == "native":
-        engine = build_engine(
-            "native",
-            model_config=native_engine_config(cfg),
-            tokenizer=tokenizer,
-            device=state.device,
-            dtype=engine_dtype,
+        # The hand-written decoder for dense families, transformers' classes for MoE / MLA (backends.py).
+        engine = build_inprocess_engine(
+            cfg,
+            tokenizer,
+            state.device,
+            engine_dtype,
             max_batch_size=max(64, cfg.data.prompts_per_step * cfg.rollout.group_size),
-            cuda_graphs=cfg.rollout.cuda_graphs,
-            offload_on_sleep=cfg.rollout.offload_on_sleep,
         )
     else:
         engine = build_vllm_engine(cfg, state, tokenizer, model, to_hf, engine_dtype)

@@ -13,8 +13,8 @@ from megatron_r1.plan.memory import kv_bytes_per_token
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_native_engine_weights_and_kv_cache(tied):
+    from megatron_r1.rollout.backends import native_engine_config
     from megatron_r1.rollout.native_model import NativeCausalLM
-    from megatron_r1.training.setup import native_engine_config
 
     overrides = [
         "model.preset=qwen3",
