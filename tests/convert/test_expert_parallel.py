@@ -5,7 +5,6 @@ dist_checkpoint; the logits equal transformers'."""
 from __future__ import annotations
 
 import os
-import types
 
 import pytest
 import torch
@@ -35,7 +34,7 @@ def _worker(rank: int, world: int, port: int, cases: list[tuple[str, str, str]],
     init_distributed(ParallelConfig(backend="gloo"))
     mpu.destroy_model_parallel()
     mpu.initialize_model_parallel(expert_model_parallel_size=world)
-    parallel = types.SimpleNamespace(tensor_parallel=1, pipeline_parallel=1, expert_parallel=world)
+    parallel = ParallelConfig(expert_parallel=world, backend="gloo")
     results = {}
     for name, hf_dir, ckpt_dir in cases:
         cfg = read_model_config(ckpt_dir)

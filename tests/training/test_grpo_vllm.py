@@ -46,6 +46,8 @@ def test_vllm_demo_improves_accuracy(tmp_path) -> None:
 
 
 SMALL = [
+    "parallel.world_size=0",  # the config declares its one-process layout; these runs take the launcher's
+    "algorithm.kl_coef=0.001",  # every step trains (a no-signal step measures no logprob_diff)
     "train.steps=2",
     "train.sft_warmup_steps=30",
     "data.prompts_per_step=4",
