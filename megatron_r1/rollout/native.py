@@ -26,7 +26,6 @@ The model interface the engine uses (``NativeCausalLM``): ``allocate_kv_cache(sl
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -35,7 +34,7 @@ from typing import Any
 import torch
 
 from megatron_r1.rollout.cuda_graphs import DecodeGraphs
-from megatron_r1.rollout.engine import Completion, SamplingParams, register_engine
+from megatron_r1.rollout.engine import Completion, SamplingParams, make_decode, register_engine
 from megatron_r1.rollout.native_model import NativeCausalLM, NativeModelConfig
 from megatron_r1.rollout.sampling import row_uniforms, sample_tokens, seed_key
 from megatron_r1.rollout.scheduler import SlotScheduler, pow2_bucket
@@ -49,20 +48,6 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 # Cache lengths are rounded up to this, so calls with slightly different lengths reuse the cache
 # (and the CUDA graphs captured over it).
 _CACHE_LEN_QUANTUM = 64
-
-
-def _make_decode(tokenizer: Any) -> Callable[[list[int]], str]:
-    """``ids -> text`` keeping special tokens (HF tokenizers take ``skip_special_tokens``)."""
-    try:
-        params = inspect.signature(tokenizer.decode).parameters
-    except (TypeError, ValueError):
-        params = {}
-    takes_flag = "skip_special_tokens" in params or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-    )
-    if takes_flag:
-        return lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
-    return lambda ids: tokenizer.decode(ids)
 
 
 class _Row:
@@ -171,7 +156,7 @@ class NativeEngine:
         self.offload_on_sleep = offload_on_sleep
         self.model = NativeCausalLM(model_config).to(device=self.device, dtype=dtype).eval()
         self.model.requires_grad_(False)
-        self._decode = _make_decode(tokenizer)
+        self._decode = make_decode(tokenizer)
         self._params: dict[str, torch.Tensor] = dict(self.model.named_parameters())
         if model_config.tie_word_embeddings:
             # HF state dicts of tied models still list lm_head.weight (the same tensor).

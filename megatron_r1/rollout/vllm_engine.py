@@ -51,8 +51,7 @@ from typing import Any
 
 import torch
 
-from megatron_r1.rollout.engine import Completion, SamplingParams, register_engine
-from megatron_r1.rollout.native import _make_decode
+from megatron_r1.rollout.engine import Completion, SamplingParams, make_decode, register_engine
 
 __all__ = ["VLLMEngine", "completions_from_outputs", "plan_requests", "to_vllm_sampling_kwargs"]
 
@@ -305,7 +304,7 @@ class VLLMEngine:
         self.sleep_mode = sleep_mode
         self.spmd = False
         """Every rank runs the engine (external_launcher): generate through ``rollout.spmd``."""
-        self._decode = _make_decode(tokenizer) if tokenizer is not None else None
+        self._decode = make_decode(tokenizer) if tokenizer is not None else None
         self._weights_asleep = False
         self._kv_asleep = False
         self._weights_valid = True

@@ -13,8 +13,9 @@ from megatron_r1.rollout.engine import (
     SamplingParams,
     available_engines,
     build_engine,
+    make_decode,
 )
-from megatron_r1.rollout.native import NativeEngine, _make_decode, sample_tokens
+from megatron_r1.rollout.native import NativeEngine, sample_tokens
 
 
 def _hf_greedy(hf, prompt: list[int], max_new_tokens: int) -> list[int]:
@@ -199,8 +200,8 @@ def test_decode_keeps_special_tokens() -> None:
         def decode(self, ids, skip_special_tokens=True, **kwargs):
             return f"{ids}:{skip_special_tokens}"
 
-    assert _make_decode(HFLike())([1, 2]) == "[1, 2]:False"
-    assert _make_decode(CharTokenizer())([0, 1]) == "abb"
+    assert make_decode(HFLike())([1, 2]) == "[1, 2]:False"
+    assert make_decode(CharTokenizer())([0, 1]) == "abb"
 
 
 def test_sample_tokens_nucleus_and_logprobs() -> None:
