@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from megatron_r1.rollout.cpu_packing import packing_supported
 from megatron_r1.rollout.cuda_graphs import DecodeGraphs
 from megatron_r1.rollout.engine import Completion, SamplingParams, make_decode, register_engine
 from megatron_r1.rollout.native_model import NativeCausalLM, NativeModelConfig
@@ -124,6 +125,9 @@ class NativeEngine:
         offload_on_sleep: ``sleep()`` gives memory back (KV cache, graphs, and the weights to host
             memory on GPUs); CUDA graphs are then re-captured after every ``wake_up`` (~0.3 s for a
             0.5B model on an H100). False keeps everything resident between steps.
+        cpu_packed_weights: on CPU in float32, run the linear layers from oneDNN-packed copies of the
+            weights (``cpu_packing``: ~1.8× faster decode matmuls, one extra copy of the weights, rebuilt
+            after each ``update_weights``). Ignored elsewhere or where the self-check fails.
 
     Weights start randomly initialised; load them with ``update_weights``.
     """
@@ -138,6 +142,7 @@ class NativeEngine:
         cuda_graphs: bool = True,
         sync_every: int | None = None,
         offload_on_sleep: bool = True,
+        cpu_packed_weights: bool = True,
     ) -> None:
         if isinstance(model_config, dict):
             model_config = NativeModelConfig.from_hf_config(model_config)
@@ -154,6 +159,7 @@ class NativeEngine:
             raise ValueError(f"sync_every must be >= 1, got {sync_every}")
         self.sync_every = sync_every
         self.offload_on_sleep = offload_on_sleep
+        self.pack_weights = cpu_packed_weights and self.device.type == "cpu" and packing_supported(dtype)
         self.model = NativeCausalLM(model_config).to(device=self.device, dtype=dtype).eval()
         self.model.requires_grad_(False)
         self._decode = make_decode(tokenizer)
@@ -176,6 +182,7 @@ class NativeEngine:
         Raises ``ValueError`` on an unknown name or a shape mismatch (tensors before the
         offending one are already applied). Copies are in place, so captured CUDA graphs stay valid.
         """
+        self.model.unpack_weights()  # stale from here on; generate repacks
         for name, tensor in named_tensors:
             param = self._params.get(name)
             if param is None:
@@ -204,6 +211,7 @@ class NativeEngine:
             self._asleep = True
             return
         self._state = None
+        self.model.unpack_weights()
         if self.device.type != "cpu":
             self.model.to("cpu")
             if self.device.type == "cuda":
@@ -246,6 +254,8 @@ class NativeEngine:
         need = max(n + row.budget for n, row in zip(lengths, rows))
         need = -(-need // _CACHE_LEN_QUANTUM) * _CACHE_LEN_QUANTUM
         slots = min(self.max_batch_size, len(rows))
+        if self.pack_weights and not self.model.is_packed:
+            self.model.pack_weights(self.max_batch_size)
         if self._state is None or not self._state.fits(slots, need):
             self._state = None  # free the old cache before allocating the new one
             with torch.inference_mode():

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megatron_r1.rollout.cpu_packing import pack_weight, packed_linear
+
 __all__ = ["KVCache", "NativeCausalLM", "NativeModelConfig"]
 
 
@@ -172,6 +174,18 @@ class KVCache:
         self.v.index_copy_(1, dst, self.v.index_select(1, src))
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameter names) that runs from a oneDNN-packed copy of its weight when one is set
+    (``NativeCausalLM.pack_weights``; CPU float32, see ``cpu_packing``)."""
+
+    packed: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is None:
+            return F.linear(x, self.weight, self.bias)
+        return packed_linear(x, self.packed, self.bias)
+
+
 class RMSNorm(nn.Module):
     """``weight * x / rms(x)``, normalised in float32 like HF's ``LlamaRMSNorm``."""
 
@@ -197,10 +211,10 @@ class Attention(nn.Module):
         super().__init__()
         h, d = config.hidden_size, config.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, d
-        self.q_proj = nn.Linear(h, config.num_heads * d, bias=config.qkv_bias)
-        self.k_proj = nn.Linear(h, config.num_kv_heads * d, bias=config.qkv_bias)
-        self.v_proj = nn.Linear(h, config.num_kv_heads * d, bias=config.qkv_bias)
-        self.o_proj = nn.Linear(config.num_heads * d, h, bias=config.attn_output_bias)
+        self.q_proj = Linear(h, config.num_heads * d, bias=config.qkv_bias)
+        self.k_proj = Linear(h, config.num_kv_heads * d, bias=config.qkv_bias)
+        self.v_proj = Linear(h, config.num_kv_heads * d, bias=config.qkv_bias)
+        self.o_proj = Linear(config.num_heads * d, h, bias=config.attn_output_bias)
         if config.qk_norm:
             self.q_norm = RMSNorm(d, config.rms_norm_eps)
             self.k_norm = RMSNorm(d, config.rms_norm_eps)
@@ -309,9 +323,9 @@ class MLP(nn.Module):
     def __init__(self, config: NativeModelConfig) -> None:
         super().__init__()
         h, i = config.hidden_size, config.intermediate_size
-        self.gate_proj = nn.Linear(h, i, bias=False)
-        self.up_proj = nn.Linear(h, i, bias=False)
-        self.down_proj = nn.Linear(i, h, bias=False)
+        self.gate_proj = Linear(h, i, bias=False)
+        self.up_proj = Linear(h, i, bias=False)
+        self.down_proj = Linear(i, h, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -351,6 +365,31 @@ class NativeCausalLM(nn.Module):
             else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         )
         self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+        self._packed_head: torch.Tensor | None = None
+
+    @property
+    def is_packed(self) -> bool:
+        return self._packed_head is not None
+
+    @torch.no_grad()
+    def pack_weights(self, batch_hint: int) -> None:
+        """Run every linear layer and the LM head from oneDNN-packed copies of their weights (CPU, float32;
+        the caller checks ``cpu_packing.packing_supported``). The copies go stale when the weights change:
+        call ``unpack_weights`` before changing them."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.packed = pack_weight(module.weight, batch_hint)
+        self._packed_head = pack_weight(self._head_weight(), batch_hint)
+
+    def unpack_weights(self) -> None:
+        """Drop the packed copies: every layer runs ``F.linear`` on its parameters again."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.packed = None
+        self._packed_head = None
+
+    def _head_weight(self) -> torch.Tensor:
+        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin ``[*positions.shape, D]`` for integer positions (float32 math, then ``dtype``)."""
@@ -360,8 +399,9 @@ class NativeCausalLM(nn.Module):
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         x = self.model.norm(x)
-        head = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(x, head)
+        if self._packed_head is not None:
+            return packed_linear(x, self._packed_head, None)
+        return F.linear(x, self._head_weight())
 
     def prefill(
         self,

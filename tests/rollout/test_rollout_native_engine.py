@@ -16,6 +16,7 @@ from megatron_r1.rollout.engine import (
     make_decode,
 )
 from megatron_r1.rollout.native import NativeEngine, sample_tokens
+from megatron_r1.rollout.sampling import nucleus_mask
 
 
 def _hf_greedy(hf, prompt: list[int], max_new_tokens: int) -> list[int]:
@@ -215,6 +216,17 @@ def test_sample_tokens_nucleus_and_logprobs() -> None:
     tokens, logprobs = sample_tokens(logits, 0.5, 1.0, torch.Generator().manual_seed(0))
     torch.testing.assert_close(logprobs, torch.log_softmax(logits / 0.5, -1)[0][tokens])
     assert set(tokens.tolist()) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("scale", [0.3, 2.0, 8.0])  # nucleus beyond 4096 tokens, within 4096, within 256
+@pytest.mark.parametrize("top_p", [0.5, 0.95, 0.999])
+def test_nucleus_mask_equals_a_full_sort(scale: float, top_p: float) -> None:
+    logprobs = torch.log_softmax(torch.randn(6, 6000, generator=torch.Generator().manual_seed(1)) * scale, -1)
+    sorted_logp, order = logprobs.sort(dim=-1, descending=True)
+    sorted_p = sorted_logp.exp()
+    keep_sorted = (sorted_p.cumsum(dim=-1) - sorted_p) < top_p
+    expected = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+    assert torch.equal(nucleus_mask(logprobs, top_p), expected)
 
 
 def test_n_rows_split_across_chunks_share_the_prompt(llama) -> None:
