@@ -202,6 +202,16 @@ def test_seeded_sampling_is_independent_of_batching(kind: str) -> None:
     assert all(c.token_ids == ref.token_ids[: len(c.token_ids)] for c, ref in zip(cut, reference))
 
 
+def test_bad_prompts_fail_before_generating(deepseek) -> None:
+    _, engine = deepseek
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        engine.generate([[1], []], SamplingParams())
+    with pytest.raises(ValueError, match="prompt 0 has 64 tokens; max_position_embeddings is 64"):
+        engine.generate([[1] * 64], SamplingParams())
+    near_limit = engine.generate([[1] * 60], SamplingParams(max_new_tokens=10, seed=0))[0]
+    assert len(near_limit.token_ids) == 4 and near_limit.finish_reason == "length"  # capped by the context
+
+
 def test_update_weights_moves_the_sampler_and_rejects_bad_tensors(deepseek) -> None:
     model, engine = deepseek
     greedy = SamplingParams(temperature=0, max_new_tokens=6)
