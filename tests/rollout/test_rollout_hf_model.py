@@ -212,6 +212,25 @@ def test_bad_prompts_fail_before_generating(deepseek) -> None:
     assert len(near_limit.token_ids) == 4 and near_limit.finish_reason == "length"  # capped by the context
 
 
+def test_same_draws_as_the_native_engine() -> None:
+    """Both in-process engines key row r's token t on (seed, r, t): on a dense model either samples the same
+    completions (what the trainer sees does not depend on which backend a family uses)."""
+    import rollout_helpers
+
+    hf = rollout_helpers.make_hf_model("llama", tied=False)
+    native = rollout_helpers.make_engine(hf, max_batch_size=4)
+    engine = HFModelEngine(hf.config.to_dict(), rollout_helpers.CharTokenizer(), max_batch_size=3)
+    engine.update_weights(hf.state_dict().items())
+    sampling = SamplingParams(n=3, temperature=0.8, top_p=0.95, max_new_tokens=10, seed=21)
+    stop = native.generate(PROMPTS[:1], sampling)[1].token_ids[3]
+    sampling = dataclasses.replace(sampling, stop_token_ids=(stop,))
+    ours, theirs = engine.generate(PROMPTS, sampling), native.generate(PROMPTS, sampling)
+    assert [c.token_ids for c in ours] == [c.token_ids for c in theirs]
+    assert [c.finish_reason for c in ours] == [c.finish_reason for c in theirs]
+    assert {c.finish_reason for c in ours} == {"stop", "length"}
+    assert len({tuple(c.token_ids) for c in ours}) > len(PROMPTS)
+
+
 def test_update_weights_moves_the_sampler_and_rejects_bad_tensors(deepseek) -> None:
     model, engine = deepseek
     greedy = SamplingParams(temperature=0, max_new_tokens=6)
