@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from megatron_r1.config import ConfigError, ModelConfig, ParallelConfig
+from megatron_r1.convert.hf_config import hf_config_from_model_config
 from megatron_r1.convert.naming import (  # noqa: F401 (canonical_name, global_name: re-exported)
     LAYER,
     LOCAL_EXPERT,
@@ -354,10 +355,18 @@ def megatron_to_hf(
     directory: safetensors shards, ``model.safetensors.index.json``, ``config.json`` and the tokenizer files.
 
     ``config.json`` comes from ``hf_reference_dir``, else the one stored at conversion, else the model's
-    ``hf_path``, else it is generated from the ModelConfig (dense families); tokenizer files come from the
-    first of those directories that has them."""
+    ``hf_path``, else it is generated from the ModelConfig (``hf_config.hf_config_from_model_config``: every
+    preset, MoE / MLA included); tokenizer files come from the first of those directories that has them."""
     from megatron_r1.convert import get_adapter
 
+    ref = [Path(hf_reference_dir)] if hf_reference_dir else []
+    cfg = read_model_config(ckpt_dir)
+    origin = [Path(cfg.hf_path)] if cfg.hf_path else []
+    candidates = [d / "config.json" for d in ref] + [Path(ckpt_dir) / HF_CONFIG_FILE]
+    candidates += [d / "config.json" for d in origin]
+    config_file = next((c for c in candidates if c.is_file()), None)
+    # Built before the model, so a preset transformers cannot express fails before any expensive work.
+    config = None if config_file is not None else hf_config_from_model_config(cfg)
     _world_of_one()
     model, cfg = load_megatron_model(ckpt_dir, ParallelConfig())
     adapter = get_adapter(cfg.preset)
@@ -371,58 +380,16 @@ def megatron_to_hf(
                 for hf_name, hf_tensor in adapter.to_hf(name, tensor.detach(), cfg)
             )
             write_safetensors_shards(named, tmp, max_shard_bytes)
-        ref = [Path(hf_reference_dir)] if hf_reference_dir else []
-        origin = [Path(cfg.hf_path)] if cfg.hf_path else []
-        candidates = [d / "config.json" for d in ref] + [Path(ckpt_dir) / HF_CONFIG_FILE]
-        candidates += [d / "config.json" for d in origin]
-        config = next((c for c in candidates if c.is_file()), None)
-        if config is not None:
-            shutil.copy2(config, tmp / "config.json")
+        if config_file is not None:
+            shutil.copy2(config_file, tmp / "config.json")
         else:
-            (tmp / "config.json").write_text(json.dumps(hf_config_from_model_config(cfg), indent=2))
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
         for src in [*ref, Path(ckpt_dir), *origin]:
             if copy_tokenizer_files(src, tmp):
                 break
         else:
             logger.warning("no tokenizer files found for %s; config and weights only", ckpt_dir)
     logger.info("exported %s -> %s", ckpt_dir, out_dir)
-
-
-_HF_DENSE = {
-    "tiny": ("LlamaForCausalLM", "llama"),
-    "llama": ("LlamaForCausalLM", "llama"),
-    "qwen2": ("Qwen2ForCausalLM", "qwen2"),
-    "qwen3": ("Qwen3ForCausalLM", "qwen3"),
-}
-
-
-def hf_config_from_model_config(cfg: ModelConfig) -> dict:
-    """A transformers ``config.json`` for a dense ModelConfig (tiny exports as Llama)."""
-    if cfg.preset not in _HF_DENSE:
-        raise ConversionError(
-            f"cannot generate config.json for preset {cfg.preset!r}: pass the original HF directory"
-        )
-    architecture, model_type = _HF_DENSE[cfg.preset]
-    if cfg.add_qkv_bias and cfg.preset != "qwen2":
-        raise ConversionError(f"preset {cfg.preset!r} with a QKV bias has no transformers equivalent")
-    return {
-        "architectures": [architecture],
-        "model_type": model_type,
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.ffn_hidden_size,
-        "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_query_groups,
-        "head_dim": cfg.kv_channels or cfg.hidden_size // cfg.num_attention_heads,
-        "vocab_size": cfg.vocab_size,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "rope_theta": cfg.rotary_base,
-        "rms_norm_eps": cfg.norm_epsilon,
-        "tie_word_embeddings": cfg.tie_word_embeddings,
-        "hidden_act": "silu",
-        "attention_bias": False,
-        "torch_dtype": cfg.params_dtype,
-    }
 
 
 def write_safetensors_shards(

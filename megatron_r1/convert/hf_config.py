@@ -1,10 +1,10 @@
 """A transformers ``config.json`` for any :class:`ModelConfig`: the inverse of ``Family.from_hf_config``.
 
-The rollout engine that hosts transformers' classes (``rollout/hf_model.py``) needs it when the policy is
-built from config fields rather than loaded from a HF directory. Dense presets reuse the exporter's
-``hf_config_from_model_config``; the MoE / MLA presets are built here, one function per preset in a
-registry. Fields transformers' class cannot express (and would therefore compute differently from the
-trainer) raise ``ConfigError`` naming them.
+The one builder of config.json dicts from ModelConfig fields, for every preset (one function per preset in
+a registry). Its users: the exporter (``convert megatron-to-hf`` of a policy trained from config fields,
+without a HF origin), the rollout engine hosting transformers' classes (``rollout/hf_model.py``) and the
+directory handed to vLLM (``rollout/hf_dir.py``). Fields transformers' class cannot express (and would
+therefore compute differently from the trainer) raise ``ConfigError`` naming them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from megatron_r1.config import ConfigError, ModelConfig
 
-__all__ = ["hf_config_for", "register_hf_config"]
+__all__ = ["hf_config_for", "hf_config_from_model_config", "register_hf_config"]
 
 _BUILDERS: dict[str, Callable[[ModelConfig], dict]] = {}
 HFConfigBuilder = Callable[[ModelConfig], dict]
@@ -31,17 +31,61 @@ def register_hf_config(preset: str) -> Callable[[HFConfigBuilder], HFConfigBuild
 
 def hf_config_for(cfg: ModelConfig) -> dict:
     """The config.json dict of ``cfg``: the HF directory's own when ``cfg.hf_path`` is set, else built from
-    the fields (dense presets through the exporter)."""
+    the fields (:func:`hf_config_from_model_config`)."""
     if cfg.hf_path:
         from megatron_r1.models.hf import read_hf_config
 
         return read_hf_config(cfg.hf_path)
-    builder = _BUILDERS.get(cfg.preset)
-    if builder is not None:
-        return builder(cfg)
-    from megatron_r1.convert.checkpoint import hf_config_from_model_config
-
     return hf_config_from_model_config(cfg)
+
+
+def hf_config_from_model_config(cfg: ModelConfig) -> dict:
+    """The config.json dict built from ``cfg``'s fields (``hf_path`` ignored); ``ConfigError`` for a preset
+    without a builder or fields transformers cannot express."""
+    builder = _BUILDERS.get(cfg.preset)
+    if builder is None:
+        raise ConfigError(
+            f"cannot generate config.json for model.preset={cfg.preset}: no builder "
+            f"(have: {', '.join(sorted(_BUILDERS))}); pass the original HF directory"
+        )
+    return builder(cfg)
+
+
+_DENSE = {
+    "tiny": ("LlamaForCausalLM", "llama"),
+    "llama": ("LlamaForCausalLM", "llama"),
+    "qwen2": ("Qwen2ForCausalLM", "qwen2"),
+    "qwen3": ("Qwen3ForCausalLM", "qwen3"),
+}
+
+
+def dense_hf_config(cfg: ModelConfig) -> dict:
+    """Llama / Qwen2 / Qwen3 (tiny exports as Llama)."""
+    architecture, model_type = _DENSE[cfg.preset]
+    if cfg.add_qkv_bias and cfg.preset != "qwen2":
+        _refuse(cfg, ["model.add_qkv_bias (only Qwen2 has a QKV bias)"])
+    return {
+        "architectures": [architecture],
+        "model_type": model_type,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.ffn_hidden_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_query_groups,
+        "head_dim": cfg.kv_channels or cfg.hidden_size // cfg.num_attention_heads,
+        "vocab_size": cfg.vocab_size,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rope_theta": cfg.rotary_base,
+        "rms_norm_eps": cfg.norm_epsilon,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "torch_dtype": cfg.params_dtype,
+    }
+
+
+for _preset in _DENSE:
+    register_hf_config(_preset)(dense_hf_config)
 
 
 def _common(cfg: ModelConfig) -> dict:

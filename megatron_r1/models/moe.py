@@ -75,13 +75,19 @@ def moe_layer_spec(tcfg):
 
 
 def qwen3_moe_from_hf_config(hf: dict) -> dict:
-    """ModelConfig fields from a Qwen3-MoE ``config.json`` (every layer sparse, softmax router)."""
+    """ModelConfig fields from a Qwen3-MoE ``config.json`` (softmax router; every layer sparse, or the first k
+    dense through ``mlp_only_layers = [0, .., k-1]``, what ``moe_first_k_dense`` exports as)."""
     sparse_step = hf.get("decoder_sparse_step", 1)
-    if sparse_step != 1 or hf.get("mlp_only_layers"):
+    dense_layers = list(hf.get("mlp_only_layers") or [])
+    if sparse_step != 1 or dense_layers != list(range(len(dense_layers))):
         from megatron_r1.config import ConfigError
 
-        raise ConfigError("Qwen3-MoE with decoder_sparse_step != 1 or mlp_only_layers is not supported")
+        raise ConfigError(
+            f"Qwen3-MoE with decoder_sparse_step={sparse_step}, mlp_only_layers={dense_layers} is not "
+            "supported (sparse step 1; dense layers only as a prefix 0..k-1)"
+        )
     return dense_from_hf_config(hf) | {
+        "moe_first_k_dense": len(dense_layers),
         "qk_layernorm": True,
         "add_qkv_bias": bool(hf.get("attention_bias", False)),
         "num_experts": hf.get("num_experts") or hf["num_local_experts"],

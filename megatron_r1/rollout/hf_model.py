@@ -21,7 +21,9 @@ Generation follows the native engine's contract (``engine.Engine``): rows sorted
 run in chunks of ``max_batch_size``; each distinct prompt of a chunk is prefilled once, left-padded
 (explicit position ids, so a padded row computes what the unpadded prompt would), and its cache
 rows are copied to its ``n`` samples; finished rows are dropped from the batch once they are a
-quarter of it. All randomness comes from one ``torch.Generator`` seeded from ``SamplingParams.seed``.
+quarter of it. Randomness is the native engine's: the uniform drawing token t of completion r is a hash
+of (seed, r, t) (``sampling.row_uniforms``), so with a fixed seed a completion does not depend on the batch
+size, the chunking or the other prompts of the call. Row bookkeeping and stop checks are ``rows.py``'s.
 
 ``update_weights`` takes checkpoint (HF) names. transformers 5 holds routed experts fused per layer
 (``mlp.experts.gate_up_proj [E, 2I, H]``, ``mlp.experts.down_proj [E, H, I]``) while checkpoints and
@@ -39,7 +41,8 @@ import torch
 from torch import nn
 
 from megatron_r1.rollout.engine import Completion, SamplingParams, make_decode
-from megatron_r1.rollout.native import sample_tokens
+from megatron_r1.rollout.rows import Row, StopCheck, make_rows, to_completions
+from megatron_r1.rollout.sampling import row_uniforms, sample_tokens, seed_key
 
 __all__ = ["HFModelEngine", "checkpoint_views"]
 
@@ -73,19 +76,6 @@ def checkpoint_views(model: nn.Module) -> dict[str, torch.Tensor]:
         if name not in fused:
             views[name] = tensor.data
     return views
-
-
-class _Row:
-    """Bookkeeping of one completion being generated."""
-
-    __slots__ = ("prompt_index", "budget", "token_ids", "logprobs", "finish_reason")
-
-    def __init__(self, prompt_index: int, budget: int) -> None:
-        self.prompt_index = prompt_index
-        self.budget = budget
-        self.token_ids: list[int] = []
-        self.logprobs: list[float] = []
-        self.finish_reason: str | None = None
 
 
 class HFModelEngine:
@@ -181,38 +171,16 @@ class HFModelEngine:
         """``len(prompts) * sampling.n`` completions, prompt-major (see ``engine.Engine``)."""
         if self._asleep:
             raise RuntimeError("HFModelEngine.generate called while asleep; call wake_up() first")
-        max_pos = self._max_positions
-        for i, prompt in enumerate(prompts_token_ids):
-            if not prompt:
-                raise ValueError(f"prompt {i} is empty")
-            if len(prompt) >= max_pos:
-                raise ValueError(f"prompt {i} has {len(prompt)} tokens; max_position_embeddings is {max_pos}")
-        rows = [
-            _Row(p, min(sampling.max_new_tokens, max_pos - len(prompt)))
-            for p, prompt in enumerate(prompts_token_ids)
-            for _ in range(sampling.n)
-        ]
-        generator = torch.Generator(device=self.device)
-        if sampling.seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(sampling.seed)
+        rows = make_rows(prompts_token_ids, sampling, self._max_positions)
+        seed = sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        key = seed_key(seed)
         lengths = [len(prompts_token_ids[row.prompt_index]) for row in rows]
         order = sorted(range(len(rows)), key=lambda r: -lengths[r])  # stable: a prompt's rows stay adjacent
         with torch.inference_mode():
             for start in range(0, len(order), self.max_batch_size):
                 chunk = [rows[r] for r in order[start : start + self.max_batch_size]]
-                self._generate_chunk(prompts_token_ids, chunk, sampling, generator)
-        return [
-            Completion(
-                prompt_index=row.prompt_index,
-                token_ids=row.token_ids,
-                text=self._decode(row.token_ids),
-                logprobs=row.logprobs,
-                finish_reason=row.finish_reason or "length",
-            )
-            for row in rows
-        ]
+                self._generate_chunk(prompts_token_ids, chunk, sampling, key)
+        return to_completions(rows, self._decode)
 
     def _forward(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
         """Last-position logits ``[B, V]``; appends this step's keys / values to ``cache``."""
@@ -229,11 +197,11 @@ class HFModelEngine:
     def _generate_chunk(
         self,
         prompts: list[list[int]],
-        rows: list[_Row],
+        rows: list[Row],
         sampling: SamplingParams,
-        generator: torch.Generator,
+        key: int,
     ) -> None:
-        """Fill in ``rows`` (tokens, logprobs, finish_reason) in place."""
+        """Fill in ``rows`` (tokens, logprobs, finish_reason) in place; ``key`` is ``seed_key(seed)``."""
         from transformers import DynamicCache
 
         device = self.device
@@ -260,25 +228,24 @@ class HFModelEngine:
         key_valid = prompt_valid.index_select(0, expand)  # grows by one column per step
         positions = torch.tensor([len(prompts[row.prompt_index]) for row in rows], device=device)
 
-        live: list[_Row | None] = list(rows)  # batch position -> row (None once finished)
+        row_ids = torch.tensor([row.row_id for row in rows], device=device)
+        live: list[Row | None] = list(rows)  # batch position -> row (None once finished)
         n_done = 0
-        stop_ids = set(sampling.stop_token_ids)
-        stop_strings = sampling.stop_strings
-        # A stop string of c characters spans at most c tokens, or ~4c for byte-level pieces.
-        tail = 4 * max((len(s) for s in stop_strings), default=0) + 4
+        stop = StopCheck(sampling, self._decode)
+        step = 0  # every row of a chunk starts together: all have `step` tokens so far
         while True:
-            tokens, logprobs = sample_tokens(logits, sampling.temperature, sampling.top_p, generator)
+            uniforms = None
+            if sampling.temperature > 0:
+                uniforms = row_uniforms(key, row_ids, torch.full_like(row_ids, step))
+            tokens, logprobs = sample_tokens(logits, sampling.temperature, sampling.top_p, uniforms=uniforms)
             for row, token, logprob in zip(live, tokens.tolist(), logprobs.tolist()):
                 if row is None:
                     continue
+                # Before appending: the check reads the row's earlier tokens. A live row has budget left,
+                # so the token is always kept.
+                _, row.finish_reason = stop(row, [token])
                 row.token_ids.append(token)
                 row.logprobs.append(logprob)
-                if token in stop_ids:
-                    row.finish_reason = "stop"
-                elif stop_strings and any(s in self._decode(row.token_ids[-tail:]) for s in stop_strings):
-                    row.finish_reason = "stop"
-                elif len(row.token_ids) >= row.budget:
-                    row.finish_reason = "length"
             finished = [i for i, row in enumerate(live) if row is not None and row.finish_reason]
             for i in finished:
                 live[i] = None
@@ -291,8 +258,10 @@ class HFModelEngine:
                 key_valid = key_valid.index_select(0, keep)
                 positions = positions.index_select(0, keep)
                 tokens = tokens.index_select(0, keep)
+                row_ids = row_ids.index_select(0, keep)
                 live = [live[i] for i in keep.tolist()]
                 n_done = 0
             key_valid = torch.cat([key_valid, key_valid.new_ones(len(live), 1)], dim=1)
             logits = self._forward(tokens[:, None], key_valid, positions[:, None], cache)
             positions = positions + 1
+            step += 1

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -37,6 +37,8 @@ from megatron_r1.rollout.cpu_packing import packing_supported
 from megatron_r1.rollout.cuda_graphs import DecodeGraphs
 from megatron_r1.rollout.engine import Completion, SamplingParams, make_decode, register_engine
 from megatron_r1.rollout.native_model import NativeCausalLM, NativeModelConfig
+from megatron_r1.rollout.rows import Row as _Row
+from megatron_r1.rollout.rows import StopCheck as _StopCheck
 from megatron_r1.rollout.sampling import row_uniforms, sample_tokens, seed_key
 from megatron_r1.rollout.scheduler import SlotScheduler, pow2_bucket
 
@@ -49,20 +51,6 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 # Cache lengths are rounded up to this, so calls with slightly different lengths reuse the cache
 # (and the CUDA graphs captured over it).
 _CACHE_LEN_QUANTUM = 64
-
-
-class _Row:
-    """Bookkeeping of one completion being generated."""
-
-    __slots__ = ("row_id", "prompt_index", "budget", "token_ids", "logprobs", "finish_reason")
-
-    def __init__(self, row_id: int, prompt_index: int, budget: int) -> None:
-        self.row_id = row_id
-        self.prompt_index = prompt_index
-        self.budget = budget
-        self.token_ids: list[int] = []
-        self.logprobs: list[float] = []
-        self.finish_reason: str | None = None
 
 
 class _DecodeState:
@@ -364,41 +352,3 @@ class NativeEngine:
         state.positions.index_copy_(0, slots_t, lengths_t.index_select(0, source))
         state.steps.index_fill_(0, slots_t, 0)
         state.row_ids.index_copy_(0, slots_t, torch.tensor([r.row_id for r in admitted], device=device))
-
-
-class _StopCheck:
-    """``(row, new_tokens) -> (tokens kept, finish_reason or None)`` after a block of sampled tokens.
-
-    Per token, in order: a stop token or a completed stop string ends the row ("stop", the token is
-    kept), else reaching the budget does ("length"). Stop strings are searched in the decoded last
-    ``tail`` tokens; the whole block is decoded once first and scanned token by token only when it
-    holds a stop string, so a block of k tokens costs one decode, not k.
-    """
-
-    def __init__(self, sampling: SamplingParams, decode: Callable[[list[int]], str]) -> None:
-        self.stop_ids = set(sampling.stop_token_ids)
-        self.stop_strings = sampling.stop_strings
-        self.decode = decode
-        # A stop string of c characters spans at most c tokens, or ~4c for byte-level pieces.
-        self.tail = 4 * max((len(s) for s in self.stop_strings), default=0) + 4
-
-    def _has_stop_string(self, token_ids: list[int]) -> bool:
-        text = self.decode(token_ids)
-        return any(s in text for s in self.stop_strings)
-
-    def __call__(self, row: _Row, new_tokens: list[int]) -> tuple[int, str | None]:
-        left = row.budget - len(row.token_ids)
-        keep = min(len(new_tokens), left)
-        reason = "length" if keep == left else None
-        for i in range(keep):
-            if new_tokens[i] in self.stop_ids:
-                keep, reason = i + 1, "stop"
-                break
-        if self.stop_strings:
-            window = row.token_ids[-self.tail :] + new_tokens[:keep]
-            if self._has_stop_string(window):
-                before = len(window) - keep
-                for i in range(keep):
-                    if self._has_stop_string(window[: before + i + 1][-self.tail :]):
-                        return i + 1, "stop"
-        return keep, reason
