@@ -37,8 +37,7 @@ from megatron_r1.rollout.cpu_packing import packing_supported
 from megatron_r1.rollout.cuda_graphs import DecodeGraphs
 from megatron_r1.rollout.engine import Completion, SamplingParams, make_decode, register_engine
 from megatron_r1.rollout.native_model import NativeCausalLM, NativeModelConfig
-from megatron_r1.rollout.rows import Row as _Row
-from megatron_r1.rollout.rows import StopCheck as _StopCheck
+from megatron_r1.rollout.rows import Row, StopCheck, make_rows, to_completions
 from megatron_r1.rollout.sampling import row_uniforms, sample_tokens, seed_key
 from megatron_r1.rollout.scheduler import SlotScheduler, pow2_bucket
 
@@ -224,17 +223,7 @@ class NativeEngine:
         """``len(prompts) * sampling.n`` completions, prompt-major (see ``engine.Engine``)."""
         if self._asleep:
             raise RuntimeError("NativeEngine.generate called while asleep; call wake_up() first")
-        max_pos = self.config.max_position_embeddings
-        for i, prompt in enumerate(prompts_token_ids):
-            if not prompt:
-                raise ValueError(f"prompt {i} is empty")
-            if len(prompt) >= max_pos:
-                raise ValueError(f"prompt {i} has {len(prompt)} tokens; max_position_embeddings is {max_pos}")
-        rows = [
-            _Row(p * sampling.n + j, p, min(sampling.max_new_tokens, max_pos - len(prompt)))
-            for p, prompt in enumerate(prompts_token_ids)
-            for j in range(sampling.n)
-        ]
+        rows = make_rows(prompts_token_ids, sampling, self.config.max_position_embeddings)
         if not rows:
             return []
         seed = sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, ()).item())
@@ -252,34 +241,25 @@ class NativeEngine:
         order = sorted(range(len(rows)), key=lambda r: -lengths[r])
         with torch.inference_mode():
             self._run(self._state, prompts_token_ids, deque(rows[r] for r in order), sampling, seed_key(seed))
-        return [
-            Completion(
-                prompt_index=row.prompt_index,
-                token_ids=row.token_ids,
-                text=self._decode(row.token_ids),
-                logprobs=row.logprobs,
-                finish_reason=row.finish_reason or "length",
-            )
-            for row in rows
-        ]
+        return to_completions(rows, self._decode)
 
     def _run(
         self,
         state: _DecodeState,
         prompts: list[list[int]],
-        waiting: deque[_Row],
+        waiting: deque[Row],
         sampling: SamplingParams,
         key: int,
     ) -> None:
         """Generate every row of ``waiting`` (filled in place) with continuous batching."""
         width_of = (lambda n: pow2_bucket(n, state.num_slots)) if state.graphs is not None else (lambda n: n)
         scheduler = SlotScheduler(state.num_slots, width_of)
-        rows: dict[int, _Row] = {row.row_id: row for row in waiting}
+        rows: dict[int, Row] = {row.row_id: row for row in waiting}
         block_tokens = torch.empty(state.num_slots, self.sync_every, dtype=torch.long, device=self.device)
         block_logprobs = torch.empty(
             state.num_slots, self.sync_every, dtype=torch.float32, device=self.device
         )
-        stop = _StopCheck(sampling, self._decode)
+        stop = StopCheck(sampling, self._decode)
         while waiting or scheduler.row_of:
             if waiting and scheduler.num_free:
                 admitted = [waiting.popleft() for _ in range(min(scheduler.num_free, len(waiting)))]
@@ -334,7 +314,7 @@ class NativeEngine:
         logprobs_out[:width].copy_(logprobs)
 
     def _prefill(
-        self, state: _DecodeState, prompts: list[list[int]], admitted: list[_Row], slots: list[int]
+        self, state: _DecodeState, prompts: list[list[int]], admitted: list[Row], slots: list[int]
     ) -> None:
         """Prefill the distinct prompts of ``admitted`` once each into their rows' ``slots``."""
         device = self.device
