@@ -1,0 +1,294 @@
+"""Context parallelism (CP = 2) on gloo against one process: each sequence is split into 2 × CP load-balanced
+chunks, the CPU attention patch gathers keys and values over CP, and the loss, metrics, gradients, gradient
+norm, ``grpo.update`` (every loss aggregation), the old / reference log-probs (``Policy.logprobs``, gathered
+back to whole sequences) and the SFT step (plain and packed rows) match the single process.
+
+The references and the harness are the other parallel tests': the tiny dense model with fixed weights of
+``test_parallel.py`` and the tiny DeepSeek-V3 shape (MLA, routed + shared experts, expert bias) of
+``test_parallel_moe.py``, loaded from the same HF checkpoint. The reference runs inside the workers, with its
+data-parallel group hidden, as there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+from dist_utils import run_workers
+from test_parallel import (
+    LOSS_AGGS,
+    METRICS,
+    B,
+    _add_old_and_ref,
+    _batch,
+    _cfg,
+    _check_grads,
+    _check_metrics,
+    _check_update,
+    _full_weights,
+    _run,
+    _sft,
+    _sft_packed,
+    _update,
+)
+from test_parallel_moe import _dense_variant, _make_hf_model, _reassemble
+from test_parallel_moe import _run as _run_hf
+
+# ------------------------------------------------------------------------------------------ worker helpers
+
+
+def _cp_layout(cfg, weights: dict, cp: int = 2, tp: int = 1, sp: bool = False):
+    """Megatron's groups re-initialised with CP = cp (and TP = tp); this rank's model, the full weights."""
+    from test_parallel import _global_names, _shard
+
+    from megatron_r1.models import build_model
+    from megatron_r1.parallel import init_distributed
+    from megatron_r1.training.policy import Policy
+
+    cfg.parallel.tensor_parallel = tp
+    cfg.parallel.pipeline_parallel = 1
+    cfg.parallel.context_parallel = cp
+    cfg.parallel.sequence_parallel = sp
+    state = init_distributed(cfg.parallel)
+    model = build_model(cfg.model, cfg.parallel, state.is_first_stage, state.is_last_stage)
+    names = _global_names(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(_shard(names[name], weights[names[name]], p, state.tp_rank, state.tp_size))
+    return Policy(model, state), names
+
+
+def _reference(loss_agg: str = "token-mean") -> dict:
+    """One process (TP = CP = 1, its DP group hidden), the fixed weights, the whole batch."""
+    from megatron_r1.models import build_model
+    from megatron_r1.parallel import init_distributed
+    from megatron_r1.training.policy import Policy
+
+    cfg = _cfg(2, loss_agg)
+    cfg.parallel.context_parallel = 1
+    state = dataclasses.replace(init_distributed(cfg.parallel), dp_size=1, dp_rank=0)
+    model = build_model(cfg.model, cfg.parallel)
+    weights = _full_weights(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(weights[name])
+    policy = Policy(model, state)
+    batch = _add_old_and_ref(policy, _batch())
+    out = _run(policy, cfg, batch, (batch["response_mask"].sum().item(), float(B)), micro_batch_size=2)
+    out.pop("opt")
+    return out | {
+        "logprobs": policy.logprobs(batch, micro_batch_size=3),
+        "update": _update(policy, cfg, batch, micro_batch_size=2),
+        "weights": weights,
+        "batch": batch,
+        "cfg": cfg,
+    }
+
+
+def _dense(rank: int, tp: int = 1, sp: bool = False) -> dict:
+    """The tiny dense model under CP = 2 (× TP = tp): one GRPO forward/backward, the log-probs, grpo.update
+    for every loss aggregation and the SFT step."""
+    ref = _reference()
+    cfg, weights, batch = ref["cfg"], ref["weights"], ref["batch"]
+    policy, names = _cp_layout(cfg, weights, tp=tp, sp=sp)
+    got = _run(policy, cfg, batch, (ref["metrics"]["tokens"], float(B)), micro_batch_size=2)
+    out = {
+        "ref": {k: ref[k] for k in ("metrics", "grads", "grad_norm", "logprobs", "update")},
+        "cp_rank": policy.state.cp_rank,
+        "tp_rank": policy.state.tp_rank,
+        "metrics": got["metrics"],
+        "local_grads": {names[n]: g for n, g in got["grads"].items()},
+        "logprobs": policy.logprobs(batch, micro_batch_size=3),
+        "partition_dims": {
+            names[n]: (p.partition_dim if getattr(p, "tensor_model_parallel", False) else None)
+            for n, p in policy.model.named_parameters()
+        },
+    }
+    got["opt"]._reduce_grads()
+    out["grads"] = {names[n]: p.grad.detach().clone() for n, p in policy.model.named_parameters()}
+    out["grad_norm"] = got["opt"].grad_norm()
+    out["update"] = {"token-mean": _update(policy, cfg, batch, micro_batch_size=2)}
+    for loss_agg in LOSS_AGGS[1:]:
+        want = _reference(loss_agg)
+        policy, _ = _cp_layout(want["cfg"], weights, tp=tp, sp=sp)
+        out["update"][loss_agg] = _update(policy, want["cfg"], batch, micro_batch_size=2)
+        out["ref"][f"update/{loss_agg}"] = want["update"]
+    if tp == 1:
+        layout = {"tp": 1, "pp": 1}
+        cfg.parallel.context_parallel = 1
+        out["sft_ref"] = _sft(cfg, weights, batch, micro_batch_size=B, hide_dp=True, **layout)
+        cfg.parallel.context_parallel = 2
+        out["sft"] = _sft(cfg, weights, batch, micro_batch_size=2, **layout)
+        out["sft_packed"] = _sft_packed(cfg, weights, batch, **layout)
+    return out
+
+
+def _deepseek_v3(rank: int, hf_dirs: dict) -> dict:
+    """The tiny DeepSeek-V3 shape and its MLA-only variant: 11 tokens (padded to 12) under CP = 2."""
+    out = {}
+    for name, seq in (("mla_dense", 11), ("deepseek_v3", 12)):
+        out[name] = {
+            "ref": _run_hf(hf_dirs[name], seq, hide_dp=True),
+            "got": _run_hf(hf_dirs[name], seq, context_parallel=2),
+        }
+    return out
+
+
+def _two_ranks_worker(rank: int, hf_dirs: dict) -> dict:
+    return {"dense": _dense(rank), "deepseek_v3": _deepseek_v3(rank, hf_dirs)}
+
+
+def _four_ranks_worker(rank: int) -> dict:
+    return _dense(rank, tp=2, sp=True)
+
+
+def _train_worker(rank: int, run_dir: str, cp: int) -> dict:
+    from megatron_r1.config import load_config
+    from megatron_r1.training.run import train
+
+    cfg = load_config(
+        None,
+        [
+            f"parallel.context_parallel={cp}",
+            "train.steps=1",
+            "train.sft_warmup_steps=0",
+            "data.prompts_per_step=2",
+            "rollout.group_size=4",
+            "rollout.max_new_tokens=12",
+            "algorithm.kl_coef=0.01",  # a learning signal even if every group's rewards are equal
+            "eval.every=0",
+            "data.eval_size=4",
+            "log.tensorboard=false",
+            "log.progress=false",
+        ],
+    )
+    return train(cfg, run_dir)
+
+
+# ------------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("hf")
+    ds = _make_hf_model("deepseek_v3", root / "deepseek_v3")
+    return {"deepseek_v3": str(ds), "mla_dense": str(_dense_variant(ds, root / "mla_dense"))}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(hf_dirs, tmp_path_factory) -> list[dict]:
+    """Every CP = 2 case in one 2-process world (importing Megatron costs more than the checks)."""
+    return run_workers(_two_ranks_worker, 2, tmp_path_factory.mktemp("cp"), hf_dirs, timeout=300)
+
+
+# --------------------------------------------------------------------------------------------------- checks
+
+
+def _check_dense(results: list[dict], what: str) -> None:
+    ref = results[0]["ref"]
+    assert ref["metrics"]["clip_fraction"] > 0, "the batch should exercise the clipped branch"
+    for r in results:
+        where = f"{what} (cp, tp) = ({r['cp_rank']}, {r['tp_rank']})"
+        _check_metrics(r["metrics"], ref["metrics"], where)  # summed over CP by the policy
+        torch.testing.assert_close(r["logprobs"], ref["logprobs"], rtol=1e-5, atol=1e-5, msg=where)
+        assert r["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5), where
+        _check_update(r["update"]["token-mean"], ref["update"], where)
+        for loss_agg in LOSS_AGGS[1:]:
+            _check_update(r["update"][loss_agg], ref[f"update/{loss_agg}"], f"{where} {loss_agg}")
+    by_tp: dict[int, list[dict]] = {}
+    for r in sorted(results, key=lambda r: (r["tp_rank"], r["cp_rank"])):
+        by_tp.setdefault(r["tp_rank"], []).append(r)
+    # Each CP rank alone holds a part of the gradient (its chunks); after the optimizer's sum, the whole.
+    head = by_tp[0]
+    name = "output_layer.weight"
+    local = head[0]["local_grads"][name]
+    assert not torch.allclose(local, head[1]["local_grads"][name], rtol=1e-3), "CP ranks saw the same tokens"
+    dims = head[0]["partition_dims"]
+    tp_size = len(by_tp)
+    from test_parallel import _unshard
+
+    for cp_rank in range(2):
+        shards = [by_tp[t][cp_rank]["grads"] for t in range(tp_size)]
+        grads = {n: _unshard(n, [s[n] for s in shards], dims[n]) for n in shards[0]}
+        _check_grads(grads, ref["grads"], f"{what} cp rank {cp_rank}")
+
+
+def _check_hf(per_rank: list[dict], what: str) -> None:
+    """Every CP rank reports the whole loss; gradients (replicated over CP after the optimizer's sum), the
+    norm, the expert bias update and the router load are one process's."""
+    ref = per_rank[0]["ref"]
+    got = [r["got"] for r in per_rank]
+    for r in got:
+        assert r["loss"] == pytest.approx(ref["loss"], rel=1e-5), f"{what}: loss"
+        assert r["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5), f"{what}: grad norm"
+        for name, bias in r["bias"].items():
+            torch.testing.assert_close(bias, ref["bias"][name], rtol=0, atol=0, msg=f"{what}: {name}")
+        for key, value in ref["router_load"].items():
+            # The reference's counts are summed over the world (it ran on both ranks): twice the batch.
+            want = value if key == "moe/load_balance" else value / len(per_rank)
+            assert r["router_load"][key] == pytest.approx(want, rel=1e-9), f"{what}: {key}"
+    grads = _reassemble(got)
+    want = {n: g for n, (g, *_rest) in ref["grads"].items()}
+    assert sorted(grads) == sorted(want), what
+    for name, g in want.items():
+        scale = max(g.abs().max().item(), 1e-6)
+        torch.testing.assert_close(grads[name], g, rtol=1e-5, atol=1e-5 * scale, msg=f"{what}: grad {name}")
+
+
+# ---------------------------------------------------------------------------------------------------- tests
+
+
+def test_dense_context_parallel_matches_single_process(two_ranks):
+    """CP = 2, the tiny dense model: loss and metrics (summed over CP), every gradient, the norm, the
+    log-probs gathered back to whole sequences, grpo.update under token-mean, seq-mean-token-mean
+    (per-sequence counts from the full masks) and Dr.GRPO's sum-norm."""
+    _check_dense([r["dense"] for r in two_ranks], "CP=2")
+
+
+def test_sft_step_under_context_parallel(two_ranks):
+    """sft.sft_step under CP = 2: the whole batch's loss and norm, also with the examples packed into one row
+    (positions restarting at 0, the block-diagonal mask split over its query dim)."""
+    for r in two_ranks:
+        want = r["dense"]["sft_ref"]
+        for name in ("sft", "sft_packed"):
+            for k in ("sft/loss", "sft/grad_norm"):
+                assert r["dense"][name][k] == pytest.approx(want[k], rel=1e-5), f"{name}: {k}"
+
+
+@pytest.mark.parametrize("model", ["mla_dense", "deepseek_v3"])
+def test_deepseek_v3_shape_context_parallel(two_ranks, model):
+    """CP = 2 on MLA (the shared rotary key, YaRN-free rope sliced per CP rank) and on the whole DeepSeek-V3
+    shape (routed + shared experts, the expert bias updated from counts over CP): 11 tokens padded to 12."""
+    _check_hf([r["deepseek_v3"][model] for r in two_ranks], f"{model} CP=2")
+
+
+@pytest.mark.slow
+def test_context_and_tensor_parallel_four_ranks(tmp_path):
+    """CP = 2 × TP = 2 with sequence parallelism (4 processes): the sequence is padded to 2 × CP × TP, each
+    CP rank's part split again over TP."""
+    results = run_workers(_four_ranks_worker, 4, tmp_path, timeout=300)
+    assert sorted((r["cp_rank"], r["tp_rank"]) for r in results) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    _check_dense(results, "CP=2 x TP=2")
+
+
+@pytest.mark.slow
+def test_grpo_first_step_context_parallel_matches_one_process(tmp_path):
+    """A GRPO run with parallel.context_parallel=2 (two processes, as torchrun) and the same run in one
+    process: the same completions (generated on the replica's first rank, broadcast to its CP peer), and
+    the first step's metrics match."""
+    one = run_workers(_train_worker, 1, tmp_path / "one", str(tmp_path / "one" / "run"), 1, timeout=300)
+    two = run_workers(_train_worker, 2, tmp_path / "two", str(tmp_path / "two" / "run"), 2, timeout=300)
+    rows = {
+        k: [json.loads(line) for line in (tmp_path / k / "run" / "metrics.jsonl").read_text().splitlines()]
+        for k in ("one", "two")
+    }
+    want, got = rows["one"][-1], rows["two"][-1]
+    assert want["step"] == got["step"] == 1
+    assert want["skipped"] == 0.0 and math.isfinite(want["loss"])
+    for key in ("reward/mean", "response_length/mean", *METRICS[:-1], "grad_norm"):
+        assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
+    assert two[0]["loss"] == pytest.approx(two[1]["loss"]) == pytest.approx(one[0]["loss"], rel=1e-5)
+    assert got["logprob_diff"] < 1e-4  # the engine sampled with the weights the trainer had
