@@ -137,8 +137,59 @@ def _deepseek_v3(rank: int, hf_dirs: dict) -> dict:
     return out
 
 
+def _activations(rank: int) -> dict:
+    """The bytes one layer saves for backward under CP = 2 (bf16, local spec), measured on this rank's
+    chunks as tests/plan/test_activations.py measures one process, and the planner's figure."""
+    import importlib.util
+    from pathlib import Path
+
+    from megatron_r1.config import ModelConfig, ParallelConfig
+    from megatron_r1.models import build_model
+    from megatron_r1.parallel import init_distributed
+    from megatron_r1.parallel.context import cp_split
+    from megatron_r1.plan.layout import Layout
+    from megatron_r1.plan.memory import layer_activation_bytes
+    from megatron_r1.plan.timing import cp_kv_bytes_per_layer
+
+    path = Path(__file__).parents[1] / "plan/test_activations.py"
+    spec = importlib.util.spec_from_file_location("plan_activations", path)
+    plan_test = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plan_test)
+    parallel = ParallelConfig(backend="gloo", context_parallel=2)
+    layout = Layout(world=2, tp=1, pp=1, cp=2, dp=1, ep=1, etp=1, edp=2, sp=False, rollout_tp=1, engines=1)
+    received: list[int] = []  # bytes each all-gather brought from the other ranks
+    all_gather = torch.distributed.all_gather
+
+    def counting(outputs, tensor, *args, **kwargs):
+        received.append((len(outputs) - 1) * tensor.numel() * tensor.element_size())
+        return all_gather(outputs, tensor, *args, **kwargs)
+
+    out = {}
+    for case in ("qwen2", "deepseek_v3"):
+        cfg = ModelConfig(**(plan_test.BASE | plan_test.CASES[case]))
+        state = init_distributed(parallel)
+        model = build_model(cfg, parallel)
+        batch, seq, index = 2, 32, cfg.num_layers - 1
+        tokens = torch.randint(0, cfg.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+        local = cp_split(tokens, 2, state.cp_rank)
+        received.clear()
+        torch.distributed.all_gather = counting
+        try:
+            measured = plan_test.saved_bytes(model, model.decoder.layers[index], local)
+        finally:
+            torch.distributed.all_gather = all_gather
+        planned = layer_activation_bytes(cfg, index, layout, batch * seq / 2, seq, fp8=False, te=False)
+        kv = (cp_kv_bytes_per_layer(cfg, layout, batch * seq / 2), sum(received) / cfg.num_layers)
+        out[case] = {"activations": (planned, measured), "kv_bytes": kv}
+    return out
+
+
 def _two_ranks_worker(rank: int, hf_dirs: dict) -> dict:
-    return {"dense": _dense(rank), "deepseek_v3": _deepseek_v3(rank, hf_dirs)}
+    return {
+        "dense": _dense(rank),
+        "deepseek_v3": _deepseek_v3(rank, hf_dirs),
+        "activations": _activations(rank),
+    }
 
 
 def _four_ranks_worker(rank: int) -> dict:
@@ -263,6 +314,27 @@ def test_deepseek_v3_shape_context_parallel(two_ranks, model):
     """CP = 2 on MLA (the shared rotary key, YaRN-free rope sliced per CP rank) and on the whole DeepSeek-V3
     shape (routed + shared experts, the expert bias updated from counts over CP): 11 tokens padded to 12."""
     _check_hf([r["deepseek_v3"][model] for r in two_ranks], f"{model} CP=2")
+
+
+@pytest.mark.parametrize("case", ["qwen2", "deepseek_v3"])
+def test_planned_activations_under_context_parallel(two_ranks, case):
+    """The planner's activation bytes of one layer under CP = 2 (local spec: K / V gathered over CP, scores
+    over the whole sequence) against the tensors Megatron's autograd graph really saves on each rank."""
+    for r in two_ranks:
+        planned, measured = r["activations"][case]["activations"]
+        # What the planner leaves out is per sequence, not per token (the causal mask, RoPE's cos / sin).
+        assert planned == pytest.approx(measured, rel=0.06)
+        assert planned <= measured
+
+
+@pytest.mark.parametrize("case", ["qwen2", "deepseek_v3"])
+def test_planned_context_parallel_traffic(two_ranks, case):
+    """The planner's K / V bytes per layer a CP rank receives (its communication time's CP term) against
+    what the attention's all-gathers really received in a forward of the model (bf16, CP = 2)."""
+    for r in two_ranks:
+        planned, measured = r["activations"][case]["kv_bytes"]
+        assert measured > 0
+        assert planned == pytest.approx(measured, rel=1e-9)
 
 
 @pytest.mark.slow
