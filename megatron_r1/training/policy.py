@@ -172,14 +172,17 @@ class Policy:
             any(coeffs) or getattr(config, "moe_z_loss_coeff", None)
         ):
             return None
-        # Under sequence parallelism a router sees its TP rank's share of the sequence, under context
-        # parallelism its CP rank's; N sums over DP × CP, as finalize_model_grads sums ``num_tokens``.
+        # Under sequence parallelism a router sees its TP rank's share of the sequence (n_mb / TP), under
+        # context parallelism its CP rank's (n_mb / CP), and its aux loss is that share's part of the whole
+        # sequence's (Megatron reduces tokens per expert over TP × CP): the parts' gradients, summed over TP
+        # (sequence-parallel router) and CP (every gradient), make Σ_mb n_mb / N · coeff · ∇aux_mb when N is
+        # also counted per rank — summed over DP only, where the ranks hold different sequences.
         local = sum(mb["tokens"].shape[0] * self._padded_length(mb["tokens"].shape[1]) for mb in batch) // (
             (self.state.tp_size if config.sequence_parallel else 1) * self.state.cp_size
         )
         total = torch.tensor(float(local), dtype=torch.float64, device=self.state.device)
-        if self.state.dp_cp_size > 1:
-            torch.distributed.all_reduce(total, group=self.state.dp_cp_group or self.state.dp_group)
+        if self.state.dp_size > 1:
+            torch.distributed.all_reduce(total, group=self.state.dp_group)
         return float(total)
 
     def _loss(

@@ -126,6 +126,37 @@ def _dense(rank: int, tp: int = 1, sp: bool = False) -> dict:
     return out
 
 
+def _moe_aux_loss(rank: int) -> dict:
+    """A tiny Qwen3-MoE with the load-balancing aux loss (its routers reduce tokens per expert over TP × CP)
+    and the fixed weights: one process, then CP = 2; loss, gradients and norm after the optimizer's sum."""
+    from megatron_r1.models import build_model
+    from megatron_r1.parallel import init_distributed
+    from megatron_r1.training.policy import Policy
+
+    def run(cp: int) -> dict:
+        cfg = _cfg(2)
+        m = cfg.model
+        m.preset, m.qk_layernorm, m.kv_channels = "qwen3_moe", True, 16
+        m.num_experts, m.moe_router_topk, m.moe_ffn_hidden_size, m.moe_aux_loss_coeff = 4, 2, 32, 0.1
+        cfg.parallel.context_parallel = cp
+        state = init_distributed(cfg.parallel)
+        if cp == 1:
+            state = dataclasses.replace(state, dp_size=1, dp_rank=0)
+        model = build_model(cfg.model, cfg.parallel)
+        weights = _full_weights(model)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(weights[name])
+        batch = _batch()
+        counts = (batch["response_mask"].sum().item(), float(B))
+        out = _run(Policy(model, state, "torch"), cfg, batch, counts, micro_batch_size=2)
+        out["opt"]._reduce_grads()
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+        return {"metrics": out["metrics"], "grads": grads, "grad_norm": out["opt"].grad_norm()}
+
+    return {"ref": run(1), "got": run(2)}
+
+
 def _deepseek_v3(rank: int, hf_dirs: dict) -> dict:
     """The tiny DeepSeek-V3 shape and its MLA-only variant: 11 tokens (padded to 12) under CP = 2."""
     out = {}
@@ -188,6 +219,7 @@ def _two_ranks_worker(rank: int, hf_dirs: dict) -> dict:
     return {
         "dense": _dense(rank),
         "deepseek_v3": _deepseek_v3(rank, hf_dirs),
+        "moe_aux_loss": _moe_aux_loss(rank),
         "activations": _activations(rank),
     }
 
@@ -314,6 +346,16 @@ def test_deepseek_v3_shape_context_parallel(two_ranks, model):
     """CP = 2 on MLA (the shared rotary key, YaRN-free rope sliced per CP rank) and on the whole DeepSeek-V3
     shape (routed + shared experts, the expert bias updated from counts over CP): 11 tokens padded to 12."""
     _check_hf([r["deepseek_v3"][model] for r in two_ranks], f"{model} CP=2")
+
+
+def test_moe_aux_loss_under_context_parallel(two_ranks):
+    """Qwen3-MoE with the aux loss under CP = 2: each router sees its rank's half of every sequence; the loss
+    and every gradient (routers' included: aux loss weighted by the tokens summed over DP × CP) match."""
+    for r in two_ranks:
+        ref, got = r["moe_aux_loss"]["ref"], r["moe_aux_loss"]["got"]
+        _check_metrics(got["metrics"], ref["metrics"], "MoE aux loss CP=2")
+        _check_grads(got["grads"], ref["grads"], "MoE aux loss CP=2")
+        assert got["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5)
 
 
 @pytest.mark.parametrize("case", ["qwen2", "deepseek_v3"])
