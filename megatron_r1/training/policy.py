@@ -220,7 +220,8 @@ class Policy:
         if not metrics:
             return metrics
         keys = list(metrics)
-        values = torch.stack([torch.as_tensor(metrics[k]).detach().double().reshape(()) for k in keys])
+        device = self.state.device
+        values = torch.stack([torch.as_tensor(metrics[k], device=device).detach().double() for k in keys])
         torch.distributed.all_reduce(values, group=self.state.cp_group)
         return dict(zip(keys, values.unbind()))
 
