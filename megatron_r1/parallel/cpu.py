@@ -297,7 +297,8 @@ def _context_parallel_rotary_on_cpu() -> None:
         return cp_split(pos_emb, cp_group.size(), cp_group.rank(), dim=seq_dim)
 
     for module in (rope_utils, rotary, yarn):
-        module.get_pos_emb_on_this_cp_rank = pos_emb_on_this_cp_rank
+        if hasattr(module, "get_pos_emb_on_this_cp_rank"):  # bound by name where a version imports it
+            module.get_pos_emb_on_this_cp_rank = pos_emb_on_this_cp_rank
 
 
 def _context_parallel_dot_product_attention() -> None:
@@ -333,13 +334,15 @@ def _context_parallel_dot_product_attention() -> None:
         plain = copy.copy(config)
         plain.context_parallel_size = 1
         init(self, plain, *args, **kwargs)
-        collection = kwargs.get("pg_collection")
-        self.cp_group = getattr(collection, "cp", None) or parallel_state.get_context_parallel_group()
+        group = getattr(kwargs.get("pg_collection"), "cp", None)
+        self._megatron_r1_cp_group = (
+            group if group is not None else parallel_state.get_context_parallel_group()
+        )
         self.scale_mask_softmax.attn_mask_type = AttnMaskType.padding  # the mask below is always given
 
     @functools.wraps(forward)
     def forward_over_cp(self, query, key, value, attention_mask, *args, **kwargs):
-        group = getattr(self, "cp_group", None)
+        group = getattr(self, "_megatron_r1_cp_group", None)
         if group is None or group.size() == 1:
             return forward(self, query, key, value, attention_mask, *args, **kwargs)
         key, value = cp_gather(key, group, dim=0), cp_gather(value, group, dim=0)  # [S, b, ng, hn]
