@@ -1,7 +1,10 @@
 """Context parallelism (CP = 2) on gloo against one process: each sequence is split into 2 × CP load-balanced
 chunks, the CPU attention patch gathers keys and values over CP, and the loss, metrics, gradients, gradient
 norm, ``grpo.update`` (every loss aggregation), the old / reference log-probs (``Policy.logprobs``, gathered
-back to whole sequences) and the SFT step (plain and packed rows) match the single process.
+back to whole sequences) and the SFT step (plain and packed rows) match the single process — for a dense
+model, MLA, the DeepSeek-V3 shape, Qwen3-MoE with the aux loss, and on 4 ranks CP × TP + SP, CP × PP and
+DP × CP; a GRPO run's first step matches; the planner's activation bytes and K / V traffic under CP match
+what a real CP forward saves and sends.
 
 The references and the harness are the other parallel tests': the tiny dense model with fixed weights of
 ``test_parallel.py`` and the tiny DeepSeek-V3 shape (MLA, routed + shared experts, expert bias) of
@@ -238,6 +241,24 @@ def _four_ranks_worker(rank: int, layout: dict) -> dict:
     return _dense(rank, **layout)
 
 
+def _data_and_context_worker(rank: int) -> dict:
+    """DP = 2 × CP = 2: each replica half the batch, its two CP ranks half of each sequence; grpo.update
+    for every loss aggregation, then the weights after the step."""
+    out = {"cp_rank": None, "update": {}, "ref": {}}
+    for loss_agg in LOSS_AGGS:
+        ref = _reference(loss_agg)
+        policy, _ = _cp_layout(ref["cfg"], ref["weights"])
+        state = policy.state
+        assert (state.dp_size, state.cp_size) == (2, 2)
+        half = B // 2
+        local = {k: v[state.dp_rank * half : (state.dp_rank + 1) * half] for k, v in ref["batch"].items()}
+        out["update"][loss_agg] = _update(policy, ref["cfg"], local, micro_batch_size=1)
+        out["ref"][loss_agg] = ref["update"]
+        out["cp_rank"], out["dp_rank"] = state.cp_rank, state.dp_rank
+    out["stepped"] = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
+    return out
+
+
 def _train_worker(rank: int, run_dir: str, cp: int) -> dict:
     from megatron_r1.config import load_config
     from megatron_r1.training.run import train
@@ -376,6 +397,20 @@ def test_moe_aux_loss_under_context_parallel(two_ranks):
         _check_metrics(got["metrics"], ref["metrics"], "MoE aux loss CP=2")
         _check_grads_fp32(got["grads"], ref["grads"], "MoE aux loss CP=2")
         assert got["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5)
+
+
+def test_data_and_context_parallel_four_ranks(tmp_path):
+    """DP = 2 × CP = 2 (4 processes): gradients summed over the DP × CP group, metrics over CP then DP; every
+    rank reports the whole batch's loss and gradient norm, and all four hold the same weights after the
+    step."""
+    results = run_workers(_data_and_context_worker, 4, tmp_path, timeout=300)
+    assert sorted((r["dp_rank"], r["cp_rank"]) for r in results) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for r in results:
+        for loss_agg in LOSS_AGGS:
+            what = f"DP=2 x CP=2 (dp, cp) = ({r['dp_rank']}, {r['cp_rank']}) {loss_agg}"
+            _check_update(r["update"][loss_agg], r["ref"][loss_agg], what, keys=("loss", "grad_norm"))
+        for name, w in results[0]["stepped"].items():
+            torch.testing.assert_close(r["stepped"][name], w, rtol=0, atol=0, msg=name)
 
 
 @pytest.mark.parametrize("case", ["qwen2", "deepseek_v3"])
