@@ -237,8 +237,8 @@ def _two_ranks_worker(rank: int, hf_dirs: dict) -> dict:
     return out | {"times": times}
 
 
-def _four_ranks_worker(rank: int, layout: dict) -> dict:
-    return _dense(rank, **layout)
+def _four_ranks_worker(rank: int, layouts: dict[str, dict]) -> dict:
+    return {name: _dense(rank, **layout) for name, layout in layouts.items()}
 
 
 def _data_and_context_worker(rank: int) -> dict:
@@ -435,17 +435,20 @@ def test_planned_context_parallel_traffic(two_ranks, case):
 
 
 def test_context_and_tensor_parallel_four_ranks(tmp_path):
-    """CP = 2 × TP = 2 with sequence parallelism (4 processes): the sequence is padded to 2 × CP × TP, each
-    CP rank's part split again over TP."""
-    results = run_workers(_four_ranks_worker, 4, tmp_path, {"tp": 2, "sp": True}, timeout=300)
-    assert sorted((r["cp_rank"], r["tp_rank"]) for r in results) == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    _check_dense(results, "CP=2 x TP=2")
+    """CP = 2 × TP = 2 (4 processes), with sequence parallelism (the sequence padded to 2 × CP × TP, each CP
+    rank's part split again over TP) and without."""
+    layouts = {"sp": {"tp": 2, "sp": True}, "no_sp": {"tp": 2}}
+    results = run_workers(_four_ranks_worker, 4, tmp_path, layouts, timeout=300)
+    for name in layouts:
+        per_rank = [r[name] for r in results]
+        assert sorted((r["cp_rank"], r["tp_rank"]) for r in per_rank) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+        _check_dense(per_rank, f"CP=2 x TP=2 ({name})")
 
 
 def test_context_and_pipeline_parallel_four_ranks(tmp_path):
     """CP = 2 × PP = 2 (4 processes, 1F1B over gloo): the stages pass CP-local activations (the schedule's
     shapes divide the sequence by CP); loss on the last stage, gradients united over the stages."""
-    results = run_workers(_four_ranks_worker, 4, tmp_path, {"pp": 2}, timeout=300)
+    results = [r["pp"] for r in run_workers(_four_ranks_worker, 4, tmp_path, {"pp": {"pp": 2}}, timeout=300)]
     assert sorted((r["pp_rank"], r["cp_rank"]) for r in results) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     _check_dense(results, "CP=2 x PP=2")
 
