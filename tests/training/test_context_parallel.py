@@ -2,9 +2,9 @@
 chunks, the CPU attention patch gathers keys and values over CP, and the loss, metrics, gradients, gradient
 norm, ``grpo.update`` (every loss aggregation), the old / reference log-probs (``Policy.logprobs``, gathered
 back to whole sequences) and the SFT step (plain and packed rows) match the single process — for a dense
-model, MLA, the DeepSeek-V3 shape, Qwen3-MoE with the aux loss, and on 4 ranks CP × TP + SP, CP × PP and
-DP × CP; a GRPO run's first step matches; the planner's activation bytes and K / V traffic under CP match
-what a real CP forward saves and sends.
+model, MLA, the DeepSeek-V3 shape, Qwen3-MoE with the aux loss, and on 4 ranks CP × TP (with and without
+SP), CP × PP, DP × CP and (DeepSeek-V3 shape) CP × EP; a GRPO run's first step matches; the planner's
+activation bytes and K / V traffic under CP match what a real CP forward saves and sends.
 
 The references and the harness are the other parallel tests': the tiny dense model with fixed weights of
 ``test_parallel.py`` and the tiny DeepSeek-V3 shape (MLA, routed + shared experts, expert bias) of
@@ -220,6 +220,15 @@ def _activations(rank: int) -> dict:
     return out
 
 
+def _deepseek_v3_ep_worker(rank: int, hf_dir: str) -> dict:
+    """The DeepSeek-V3 shape under CP = 2 × EP = 2 on 4 ranks (DP = 2: EP splits the experts over the DP
+    ranks, the expert-DP group spans CP)."""
+    return {
+        "ref": _run_hf(hf_dir, 12, hide_dp=True),
+        "got": _run_hf(hf_dir, 12, context_parallel=2, expert_parallel=2),
+    }
+
+
 def _two_ranks_worker(rank: int, hf_dirs: dict) -> dict:
     import time
 
@@ -346,12 +355,13 @@ def _check_dense(results: list[dict], what: str) -> None:
 
 
 def _check_hf(per_rank: list[dict], what: str) -> None:
-    """Every CP rank reports the whole loss; gradients (replicated over CP after the optimizer's sum), the
-    norm, the expert bias update and the router load are one process's."""
+    """Every CP rank reports its replica's whole loss (the replicas' losses add up to one process's);
+    gradients (replicated over CP after the optimizer's sum), the norm, the expert bias update and the router
+    load are one process's."""
     ref = per_rank[0]["ref"]
     got = [r["got"] for r in per_rank]
+    assert sum(r["loss"] for r in got) / 2 == pytest.approx(ref["loss"], rel=1e-5), f"{what}: loss"  # CP = 2
     for r in got:
-        assert r["loss"] == pytest.approx(ref["loss"], rel=1e-5), f"{what}: loss"
         assert r["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5), f"{what}: grad norm"
         for name, bias in r["bias"].items():
             torch.testing.assert_close(bias, ref["bias"][name], rtol=0, atol=0, msg=f"{what}: {name}")
@@ -432,6 +442,14 @@ def test_planned_context_parallel_traffic(two_ranks, case):
         planned, measured = r["activations"][case]["kv_bytes"]
         assert measured > 0
         assert planned == pytest.approx(measured, rel=1e-9)
+
+
+def test_deepseek_v3_shape_context_and_expert_parallel_four_ranks(hf_dirs, tmp_path):
+    """CP = 2 × EP = 2 (DP = 2, 4 processes): experts split over the DP ranks, each replica's sequences over
+    CP; gradients (experts united), norm, expert bias and router load as one process."""
+    results = run_workers(_deepseek_v3_ep_worker, 4, tmp_path, hf_dirs["deepseek_v3"], timeout=300)
+    assert sorted(r["got"]["dp_rank"] for r in results) == [0, 0, 1, 1]
+    _check_hf(results, "deepseek_v3 CP=2 x EP=2")
 
 
 def test_context_and_tensor_parallel_four_ranks(tmp_path):
