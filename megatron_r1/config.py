@@ -130,8 +130,11 @@ class ParallelConfig:
     """Megatron sequence parallelism (required for MoE with TP > 1; a no-op at tensor_parallel=1): norms,
     dropout and the MoE router run on 1/TP of the tokens; sequences are padded to a multiple of TP."""
     context_parallel: int = 1
-    """Context-parallel size: each sequence split over this many ranks (2 × CP load-balanced chunks,
-    Megatron's CP groups). Needs Transformer Engine's attention (CUDA); the local layer spec cannot do it."""
+    """Context-parallel size: each sequence split over this many ranks (2 × CP load-balanced chunks, rank r
+    holding chunks r and 2·CP − 1 − r, Megatron's CP groups; sequences padded to a multiple of 2 × CP, × TP
+    with sequence parallelism). Gradients are summed over DP × CP. On CUDA it needs Transformer Engine's
+    attention (refused without it); on CPU (gloo) the local attention all-gathers keys and values over CP
+    (``parallel/cpu.py``)."""
     backend: str = "auto"
     """auto | nccl | gloo: torch.distributed backend; auto = nccl with CUDA, gloo without."""
     distributed_optimizer: bool = False

@@ -187,13 +187,26 @@ def test_world_size_counts_context_parallel():
     validate(cfg, world_size=8)  # DP = 2
 
 
-def test_context_parallel_is_refused_where_attention_cannot_split_sequences():
+def test_context_parallel_is_refused_only_on_cuda_without_transformer_engine(monkeypatch):
+    """CPU (gloo) runs CP through the attention patch of parallel/cpu.py; on CUDA only Transformer Engine's
+    attention takes the CP group, so without transformer_engine the run stops before any work."""
+    import builtins
+
     from megatron_r1.config import ParallelConfig
     from megatron_r1.parallel import check_context_parallel
 
-    with pytest.raises(ConfigError, match="context_parallel=2 needs Transformer Engine's attention on CUDA"):
-        check_context_parallel(ParallelConfig(context_parallel=2), use_cuda=False)
-    check_context_parallel(ParallelConfig(), use_cuda=False)
+    check_context_parallel(ParallelConfig(context_parallel=2), use_cuda=False)
+    check_context_parallel(ParallelConfig(), use_cuda=True)
+    real_import = builtins.__import__
+
+    def no_te(name, *args, **kwargs):
+        if name.startswith("transformer_engine"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_te)
+    with pytest.raises(ConfigError, match="context_parallel=2 on CUDA needs Transformer Engine's attention"):
+        check_context_parallel(ParallelConfig(context_parallel=2), use_cuda=True)
 
 
 def test_world_size_is_checked_against_the_layout_and_the_launcher():

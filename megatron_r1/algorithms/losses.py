@@ -97,9 +97,13 @@ def aggregate_loss(
     num_tokens: float | None = None,
     num_seqs: float | None = None,
     norm_constant: float | None = None,
+    seq_tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """per_token, mask [B, T] → scalar loss. ``num_tokens`` / ``num_seqs`` default to this batch's counts;
-    pass the global batch's when accumulating micro-batches. ``norm_constant`` is Dr.GRPO's C (default T)."""
+    pass the global batch's when accumulating micro-batches. ``norm_constant`` is Dr.GRPO's C (default T).
+    ``seq_tokens`` [B]: each sequence's token count for seq-mean-token-mean (default ``mask.sum(dim=1)``);
+    pass the whole sequences' counts when ``per_token`` holds only a part of each sequence (context
+    parallelism), so that the parts' losses add up to the whole's."""
     mask = mask.to(per_token.dtype)
     summed = torch.where(mask != 0, per_token * mask, torch.zeros_like(per_token))
     if mode == "token-mean":
@@ -107,7 +111,8 @@ def aggregate_loss(
         return summed.sum() / denom
     seqs = num_seqs if num_seqs is not None else per_token.shape[0]
     if mode == "seq-mean-token-mean":
-        return (summed.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)).sum() / seqs
+        counts = mask.sum(dim=1) if seq_tokens is None else seq_tokens.to(per_token.dtype)
+        return (summed.sum(dim=1) / counts.clamp(min=1.0)).sum() / seqs
     if mode == "seq-mean-token-sum-norm":
         c = norm_constant if norm_constant is not None else per_token.shape[1]
         return (summed.sum(dim=1) / c).sum() / seqs

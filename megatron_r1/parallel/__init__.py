@@ -31,7 +31,8 @@ class ParallelState:
     dp_size: int
     device: torch.device
     mp_leader: bool
-    """First rank of its TP × PP (model-parallel) group: the one that runs the rollout engine."""
+    """First rank of its data-parallel replica (TP × CP × PP, :attr:`replica_group`): the one that runs the
+    rollout engine."""
     tp_group: object
     pp_group: object
     dp_group: object
@@ -39,6 +40,22 @@ class ParallelState:
     """Expert-parallel size (ranks of the DP group that split the experts)."""
     cp_size: int = 1
     """Context-parallel size (ranks that split each sequence)."""
+    cp_rank: int = 0
+    """This rank's place in its CP group: it holds chunks cp_rank and 2·cp_size − 1 − cp_rank of each
+    sequence (:mod:`megatron_r1.parallel.context`)."""
+    cp_group: object = None
+    """The context-parallel group (None when not initialised by :func:`init_distributed`)."""
+    dp_cp_group: object = None
+    """Data × context parallel ranks: the ones holding the same parameters, over which gradients are summed
+    (Megatron's ``get_data_parallel_group(with_context_parallel=True)``); None: ``dp_group``."""
+    replica_group: object = None
+    """The ranks of one data-parallel replica (TP × CP × PP): they train on the same completions, generated
+    by its first rank; None: Megatron's model-parallel group (TP × PP), the same when cp_size is 1."""
+
+    @property
+    def dp_cp_size(self) -> int:
+        """Ranks over which the (replicated) parameters' gradients are summed: DP × CP."""
+        return self.dp_size * self.cp_size
 
     @property
     def is_first_stage(self) -> bool:
@@ -110,6 +127,7 @@ def init_distributed(cfg: ParallelConfig, seed: int = 1234) -> ParallelState:
         context_parallel_size=cp,
         expert_model_parallel_size=ep,
     )
+    replica = _replica_group(tp, pp, cp, world) if cp > 1 else mpu.get_model_parallel_group()
     state = ParallelState(
         rank=dist.get_rank(),
         world_size=world,
@@ -120,44 +138,55 @@ def init_distributed(cfg: ParallelConfig, seed: int = 1234) -> ParallelState:
         dp_rank=mpu.get_data_parallel_rank(),
         dp_size=mpu.get_data_parallel_world_size(),
         device=torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu"),
-        mp_leader=dist.get_global_rank(mpu.get_model_parallel_group(), 0) == dist.get_rank(),
+        mp_leader=dist.get_global_rank(replica, 0) == dist.get_rank(),
         tp_group=mpu.get_tensor_model_parallel_group(),
         pp_group=mpu.get_pipeline_model_parallel_group(),
         dp_group=mpu.get_data_parallel_group(),
         ep_size=ep,
         cp_size=cp,
+        cp_rank=mpu.get_context_parallel_rank(),
+        cp_group=mpu.get_context_parallel_group(),
+        dp_cp_group=mpu.get_data_parallel_group(with_context_parallel=True),
+        replica_group=replica,
     )
     seed_model_parallel(seed, state, use_cuda)
     return state
 
 
-def check_context_parallel(cfg: ParallelConfig, use_cuda: bool) -> None:
-    """Refuse context parallelism before any work where it cannot run: only Transformer Engine's attention
-    (CUDA) takes Megatron's CP group (the local spec's does not), and the policy does not split sequences
-    into CP chunks yet."""
-    cp = getattr(cfg, "context_parallel", 1)
-    if cp == 1:
-        return
-    from megatron_r1.config import ConfigError
+def _replica_group(tp: int, pp: int, cp: int, world: int):
+    """This rank's TP × CP × PP group (one data-parallel replica), from Megatron's own rank layout (the
+    default order ``tp-cp-ep-dp-pp`` of ``initialize_model_parallel``). Megatron's model-parallel group is
+    TP × PP only: with CP > 1 the replica's CP ranks would each run a rollout engine. Collective: every rank
+    creates every group."""
+    from megatron.core.parallel_state import RankGenerator
 
+    ranks = RankGenerator(tp=tp, ep=1, dp=world // (tp * pp * cp), pp=pp, cp=cp, order="tp-cp-ep-dp-pp")
+    mine = None
+    for members in ranks.get_ranks("tp-cp-pp"):
+        group = dist.new_group(members)
+        if dist.get_rank() in members:
+            mine = group
+    return mine
+
+
+def check_context_parallel(cfg: ParallelConfig, use_cuda: bool) -> None:
+    """Refuse context parallelism before any work where it cannot run: on CUDA only Transformer Engine's
+    attention takes Megatron's CP group (the local spec's ``DotProductAttention`` asserts CP = 1, and the
+    CPU patch that lets it gather keys and values over CP, ``parallel/cpu.py``, is not applied on CUDA). On
+    CPU (gloo) CP runs with that patch."""
+    cp = getattr(cfg, "context_parallel", 1)
+    if cp == 1 or not use_cuda:
+        return
     try:
         import transformer_engine  # noqa: F401
-
-        have_te = True
     except ImportError:
-        have_te = False
-    if not (use_cuda and have_te):
+        from megatron_r1.config import ConfigError
+
         raise ConfigError(
-            f"parallel.context_parallel={cp} needs Transformer Engine's attention on CUDA; the local layer "
-            "spec (CPU, or no transformer_engine) cannot split sequences: use parallel.context_parallel=1"
-        )
-    # The groups and TransformerConfig.context_parallel_size are wired; what is missing is the policy's side:
-    # splitting tokens, labels and per-token tensors into 2 × CP load-balanced chunks and gathering the
-    # per-sequence sums of the loss. Until then a CP run would train on wrong attention, so it stops here.
-    raise ConfigError(
-        f"parallel.context_parallel={cp}: the policy does not split sequences into 2 × CP chunks yet "
-        "(training/policy.py); use parallel.context_parallel=1"
-    )
+            f"parallel.context_parallel={cp} on CUDA needs Transformer Engine's attention "
+            "(transformer_engine is not installed; the local layer spec cannot split sequences on CUDA): "
+            "install it or use parallel.context_parallel=1"
+        ) from None
 
 
 def seed_model_parallel(seed: int, state: ParallelState, use_cuda: bool) -> None:

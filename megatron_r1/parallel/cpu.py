@@ -8,6 +8,7 @@ and why. Nothing here runs when CUDA is available: GPU runs use Megatron-Core un
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import operator
 
@@ -181,6 +182,8 @@ def _apply_model_patches() -> None:
         mla.HAVE_TE = False
     _allow_sequence_parallel_torch_norm()
     _exact_mla_rope_key_gradient(mla)
+    _context_parallel_rotary_on_cpu()
+    _context_parallel_dot_product_attention()
 
 
 def _allow_sequence_parallel_torch_norm() -> None:
@@ -189,8 +192,6 @@ def _allow_sequence_parallel_torch_norm() -> None:
     needs nothing more than what Transformer Engine's norms do: its weights marked ``sequence_parallel``,
     so that their gradients (each rank's share of the tokens) are summed over TP (``LocalOptimizer``, as
     ``finalize_model_grads`` does on CUDA). The norm is built from a copy of the config without the flag."""
-    import copy
-
     from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
     build = WrappedTorchNorm.__new__
@@ -278,6 +279,83 @@ def _mla_kv_down_projection_class():
             return torch.cat([latent, rope], dim=-1), bias
 
     return _MLAKVDownProjection
+
+
+def _context_parallel_rotary_on_cpu() -> None:
+    """``rope_utils.get_pos_emb_on_this_cp_rank`` (imported by name into the rotary and YaRN embeddings)
+    builds its chunk index with ``pin_memory=True`` and moves it with ``.cuda()``; on CPU the same slice is
+    :func:`megatron_r1.parallel.context.cp_split` (chunks r and 2·CP − 1 − r of the position table)."""
+    import megatron.core.models.common.embeddings.rope_utils as rope_utils
+    import megatron.core.models.common.embeddings.rotary_pos_embedding as rotary
+    import megatron.core.models.common.embeddings.yarn_rotary_pos_embedding as yarn
+
+    from megatron_r1.parallel.context import cp_split
+
+    def pos_emb_on_this_cp_rank(pos_emb, seq_dim, cp_group):
+        if cp_group is None:
+            raise ValueError("cp_group must be provided to get positional embedding per CP rank")
+        return cp_split(pos_emb, cp_group.size(), cp_group.rank(), dim=seq_dim)
+
+    for module in (rope_utils, rotary, yarn):
+        if hasattr(module, "get_pos_emb_on_this_cp_rank"):  # bound by name where a version imports it
+            module.get_pos_emb_on_this_cp_rank = pos_emb_on_this_cp_rank
+
+
+def _context_parallel_dot_product_attention() -> None:
+    """``DotProductAttention`` (the local spec's core attention, also under :class:`MLADotProductAttention`)
+    asserts "Context parallelism is only supported by TEDotProductAttention!". On CPU, with CP > 1, it is
+    built from a copy of the config without CP (it needs nothing else), and its forward first all-gathers the
+    keys and values over the CP group (:func:`~megatron_r1.parallel.context.cp_gather`: autograd-correct, the
+    backward sums every rank's gradient of its chunks) into global order, then masks by *global* positions:
+    the query chunks this rank holds see the keys at or before their positions. An explicit mask (packed
+    rows) arrives split over its query dim only, as ``get_batch_on_this_cp_rank`` splits it, so it already
+    is [b, 1, local queries, all keys]. The softmax then takes the mask as given (``padding`` type), never
+    its own square causal mask. The result equals one process's attention exactly (the same products and
+    sums per query; the masked scores get the same −10000 fill).
+
+    Transformer Engine's ``TEDotProductAttention`` does CP itself on CUDA; these patches only run on CPU."""
+    from megatron.core import parallel_state
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from megatron_r1.parallel.context import cp_gather, cp_positions
+
+    init, forward = DotProductAttention.__init__, DotProductAttention.forward
+    if getattr(init, "_megatron_r1_cpu", False):
+        return
+
+    @functools.wraps(init)
+    def init_without_cp(self, config, *args, **kwargs):
+        cp = config.context_parallel_size
+        if cp == 1:
+            return init(self, config, *args, **kwargs)
+        if config.window_size is not None:
+            raise ValueError("context parallelism on CPU: sliding-window attention is not supported")
+        plain = copy.copy(config)
+        plain.context_parallel_size = 1
+        init(self, plain, *args, **kwargs)
+        group = getattr(kwargs.get("pg_collection"), "cp", None)
+        self._megatron_r1_cp_group = (
+            group if group is not None else parallel_state.get_context_parallel_group()
+        )
+        self.scale_mask_softmax.attn_mask_type = AttnMaskType.padding  # the mask below is always given
+
+    @functools.wraps(forward)
+    def forward_over_cp(self, query, key, value, attention_mask, *args, **kwargs):
+        group = getattr(self, "_megatron_r1_cp_group", None)
+        if group is None or group.size() == 1:
+            return forward(self, query, key, value, attention_mask, *args, **kwargs)
+        key, value = cp_gather(key, group, dim=0), cp_gather(value, group, dim=0)  # [S, b, ng, hn]
+        if attention_mask is None:  # causal by global position: True = hidden
+            length = key.shape[0]
+            q_pos = cp_positions(length, group.size(), group.rank(), device=query.device)
+            k_pos = torch.arange(length, device=query.device)
+            attention_mask = (k_pos[None, :] > q_pos[:, None])[None, None]  # [1, 1, sq, S]
+        return forward(self, query, key, value, attention_mask, *args, **kwargs)
+
+    init_without_cp._megatron_r1_cpu = True
+    DotProductAttention.__init__ = init_without_cp
+    DotProductAttention.forward = forward_over_cp
 
 
 def seed_cpu_rng_tracker(seed: int, tp_rank: int) -> None:

@@ -100,9 +100,11 @@ def activation_elements(m: ModelConfig, index: int) -> tuple[float, float, float
 def local_spec_bytes_per_token(m: ModelConfig, index: int, layout: Layout, seq: float) -> float:
     """Bytes per token one GPU stores for layer ``index`` on Megatron's local spec (no Transformer Engine),
     as its autograd graph saves them: each RMSNorm (``WrappedTorchNorm``) keeps its fp32 input and output and
-    the per-row rstd, plus the bf16 cast when a GEMM consumes it; core attention keeps Q and K, V expanded to
-    every head, the fp32 softmax output and the bf16 probabilities; SwiGLU keeps fc1's output, both halves and
-    the product."""
+    the per-row rstd, plus the bf16 cast when a GEMM consumes it; core attention keeps Q, K and V expanded to
+    every head, its output, the fp32 softmax output and the bf16 probabilities; SwiGLU keeps fc1's output,
+    both halves and the product. Under context parallelism (the CPU attention patch, ``parallel/cpu.py``)
+    each rank's queries attend to the whole ``seq``-token sequence: K and V are gathered over CP
+    (``layout.cp`` times this rank's tokens) and the scores are [local queries × seq]."""
     h, heads = m.hidden_size, m.num_attention_heads
     hidden_div = layout.tp if layout.sp else 1
     norms = 2 * (10 * h + 4) / hidden_div  # input and pre-MLP norms
@@ -111,14 +113,14 @@ def local_spec_bytes_per_token(m: ModelConfig, index: int, layout: Layout, seq: 
         q_lora = m.q_lora_rank or 0
         norms += (10 * q_lora + 4 if q_lora else 0) + 10 * m.kv_lora_rank + 4  # latent norms feed GEMMs
         latents = 2 * (m.kv_lora_rank + m.qk_pos_emb_head_dim)
-        attention = latents + (2 * (2 * heads * qk + 2 * heads * v) + 6 * heads * seq) / layout.tp
+        attention = latents + (2 * (1 + layout.cp) * heads * (qk + v) + 6 * heads * seq) / layout.tp
     else:
         d = head_dim(m)
         if m.qk_layernorm:  # per-head q / k norms: their casts feed RoPE, which keeps no copy
             norms += (
                 8 * heads * d + 4 * heads + 8 * m.num_query_groups * d + 4 * m.num_query_groups
             ) / layout.tp
-        attention = (2 * 4 * heads * d + 6 * heads * seq) / layout.tp
+        attention = (2 * (2 + 2 * layout.cp) * heads * d + 6 * heads * seq) / layout.tp
     if is_moe_layer(m, index):
         f = m.moe_ffn_hidden_size or m.ffn_hidden_size
         s = m.moe_shared_expert_intermediate_size or 0
@@ -131,16 +133,17 @@ def local_spec_bytes_per_token(m: ModelConfig, index: int, layout: Layout, seq: 
 def layer_activation_bytes(
     m: ModelConfig, index: int, layout: Layout, tokens: float, seq: float, fp8: bool, te: bool
 ) -> float:
-    """Bytes one GPU stores for one layer's backward, for ``tokens`` tokens of a microbatch of ``seq``-token
-    sequences: the Transformer Engine spec (fused norm + GEMM, fused attention, fused SwiGLU) by
-    :func:`activation_elements`, the local spec by :func:`local_spec_bytes_per_token`."""
+    """Bytes one GPU stores for one layer's backward, for ``tokens`` tokens (this rank's: a 1 / CP share of
+    each sequence under context parallelism) of a microbatch of ``seq``-token sequences: the Transformer
+    Engine spec (fused norm + GEMM, fused attention, fused SwiGLU) by :func:`activation_elements`, the local
+    spec by :func:`local_spec_bytes_per_token`."""
     hidden, split, gemm = activation_elements(m, index)
     hidden_div = layout.tp if layout.sp else 1
     elems = hidden / hidden_div + split / layout.tp
     gemm_share = gemm / layout.tp  # roughly: the GEMM inputs split as their layers are
     bytes_per_token = 2 * elems - (gemm_share if fp8 else 0)  # FP8 keeps GEMM inputs in 1 byte
     if not te:
-        bytes_per_token = local_spec_bytes_per_token(m, index, layout, seq / layout.cp)
+        bytes_per_token = local_spec_bytes_per_token(m, index, layout, seq)
     return tokens * bytes_per_token
 
 

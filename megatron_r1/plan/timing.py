@@ -43,13 +43,34 @@ def link_gb_s(gpu: GPU, group: int, a: Assumptions) -> float:
     return (gpu.nvlink_gb_s if group <= a.gpus_per_node else gpu.network_gb_s) * a.link_efficiency
 
 
+def cp_kv_elements_per_token(m: ModelConfig) -> float:
+    """K and V elements per token and layer that context parallelism moves between ranks (all TP ranks
+    together): GQA's query groups; MLA's per-head keys and values (its core attention takes them expanded)."""
+    if m.multi_latent_attention:
+        return m.num_attention_heads * (m.qk_head_dim + m.qk_pos_emb_head_dim + m.v_head_dim)
+    return 2 * m.num_query_groups * head_dim(m)
+
+
+def cp_kv_bytes_per_layer(m: ModelConfig, layout: Layout, local_tokens: float) -> float:
+    """Bytes of K and V (bf16) one GPU receives from the other CP ranks in one attention layer's forward,
+    for ``local_tokens`` tokens of its own: the (cp − 1) other shares of the sequences, its TP shard of the
+    heads (TE's ring passes the same chunks as the CPU all-gather)."""
+    return local_tokens * (layout.cp - 1) * cp_kv_elements_per_token(m) * 2 / layout.tp
+
+
 def forward_comm_seconds(m: ModelConfig, layout: Layout, gpu: GPU, tokens: float, a: Assumptions) -> float:
     """Per GPU, one forward pass over ``tokens`` (the whole step's): TP all-gather + reduce-scatter around
-    attention and MLP (4 × hidden per token per layer, ring: (tp-1)/tp of it) and the MoE all-to-all
-    (dispatch + combine of top-k copies of each token), over the link their group spans."""
+    attention and MLP (4 × hidden per token per layer, ring: (tp-1)/tp of it), the MoE all-to-all
+    (dispatch + combine of top-k copies of each token) and, under context parallelism, every attention
+    layer's K and V from the other CP ranks (TE's ring or the CPU all-gather: each rank receives the
+    (cp-1) other shares of the sequence's K / V, its TP shard of the heads), over the link their group
+    spans (a CP group's ranks are TP apart)."""
     per_replica = tokens / (layout.dp * layout.cp)
     layers = m.num_layers / layout.pp
     seconds = 0.0
+    if layout.cp > 1:
+        volume = cp_kv_bytes_per_layer(m, layout, per_replica)
+        seconds += layers * volume / (link_gb_s(gpu, layout.tp * layout.cp, a) * 1e9)
     if layout.tp > 1:
         volume = 4 * per_replica * m.hidden_size * 2 * (layout.tp - 1) / layout.tp
         seconds += layers * volume / (link_gb_s(gpu, layout.tp, a) * 1e9)

@@ -107,7 +107,13 @@ def grpo_loss_fn(c: Components, num_tokens: float, num_seqs: float):
             per_token = per_token + a.kl_coef * kl
             clipped_sum, kl_sum = (clipped.float() * mask).sum(), (kl.detach() * mask).sum()
         loss = aggregate_loss(
-            per_token, mask, a.loss_agg, num_tokens, num_seqs, norm_constant=c.cfg.rollout.max_new_tokens
+            per_token,
+            mask,
+            a.loss_agg,
+            num_tokens,
+            num_seqs,
+            norm_constant=c.cfg.rollout.max_new_tokens,
+            seq_tokens=mb.get("seq_tokens"),  # whole sequences' counts: under CP mask is a part of each
         )
         metrics = {
             "loss": loss.detach(),
@@ -141,20 +147,22 @@ def rollout(c: Components, step: int, rows: list[dict]):
 
 
 def generate_once(c: Components, prompt_ids: list[list[int]], sampling: SamplingParams) -> list:
-    """Generate on the first rank of each model-parallel (TP × PP) group and broadcast to the others, so every
-    rank of a DP replica trains on the same completions (two GPUs need not sample bit-identically); an SPMD
-    engine (vLLM under torchrun) generates on every rank in the rollout layout (``rollout/spmd``)."""
+    """Generate on the first rank of each data-parallel replica (TP × CP × PP) and broadcast to the others,
+    so every rank of a DP replica trains on the same completions (two GPUs need not sample bit-identically);
+    an SPMD engine (vLLM under torchrun) generates on every rank in the rollout layout (``rollout/spmd``)."""
     s = c.state
     if getattr(c.engine, "spmd", False):  # vLLM on every rank, in its own rollout layout
         from megatron_r1.rollout.spmd import generate_spmd
 
         tp = c.cfg.rollout.tensor_parallel
         return generate_spmd(c.engine, prompt_ids, sampling, s.dp_rank, s.dp_size, tp)
-    if s.tp_size * s.pp_size == 1:
+    if s.tp_size * s.pp_size * s.cp_size == 1:
         return c.engine.generate(prompt_ids, sampling) if prompt_ids else []
-    from megatron.core import parallel_state as mpu
+    group = s.replica_group
+    if group is None:
+        from megatron.core import parallel_state as mpu
 
-    group = mpu.get_model_parallel_group()
+        group = mpu.get_model_parallel_group()
     leader = dist.get_global_rank(group, 0)
     payload = [None]
     if s.mp_leader:
@@ -211,6 +219,7 @@ def update(c: Components, batch: dict[str, torch.Tensor], step: int, total_steps
     # the reference's log-probs (KL between the tempered distributions, as verl) and the entropy.
     temp = cfg.rollout.temperature
     num_tokens, num_seqs = _dp_sum([batch["response_mask"].sum().item(), batch["tokens"].shape[0]], c)
+    batch["seq_tokens"] = batch["response_mask"].sum(dim=1)  # per sequence, before any context-parallel split
     if c.reference is not None:
         batch["ref_logprobs"] = _on_all_stages(c.reference.logprobs(batch, mbs, temp), batch, c)
     if cfg.algorithm.ppo_epochs > 1:

@@ -3,9 +3,11 @@
 On CUDA the model is wrapped in Megatron-Core's ``DistributedDataParallel`` and stepped by its optimizer
 (``get_megatron_optimizer``; ``parallel.distributed_optimizer`` shards the state over data-parallel ranks).
 On CPU (gloo: tests, the demo) Megatron's DDP and optimizer hard-code CUDA, so the same update is done by
-:class:`LocalOptimizer`: AdamW, gradients summed over data-parallel ranks (the losses are already divided by
-global counts), and the global gradient norm computed once per parameter shard: tensor-parallel shards are
-summed over the TP group, replicated parameters (norms) counted once, stages summed over the PP group.
+:class:`LocalOptimizer`: AdamW, gradients summed over data-parallel ranks — DP × CP: context-parallel ranks
+hold the same parameters and each a part of every sequence, as Megatron's DDP reduces over
+``get_data_parallel_group(with_context_parallel=True)`` (the losses are already divided by global
+counts), and the global gradient norm computed once per parameter shard: tensor-parallel shards are summed
+over the TP group, replicated parameters (norms) counted once, stages summed over the PP group.
 With tied embeddings under PP, the two copies' gradients are summed over the embedding group and the norm
 counts the weight once. Parameters replicated over TP whose gradients are partial per TP rank — those marked
 ``sequence_parallel`` (norms and the MoE router under sequence parallelism) and the q/k layernorms — are
@@ -105,8 +107,9 @@ class LocalOptimizer:
             dist.all_reduce(p.grad, group=self.state.tp_group)
         if self.state.pp_size > 1:
             self._reduce_tied_embedding_grads()
-        if self.state.dp_size == 1:
+        if self.state.dp_cp_size == 1:
             return
+        dp_cp = self.state.dp_cp_group if self.state.cp_size > 1 else self.state.dp_group
         expert_dp = None
         if self.state.ep_size > 1:
             from megatron.core import parallel_state as mpu
@@ -115,8 +118,9 @@ class LocalOptimizer:
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            # Expert weights (``allreduce=False`` under EP) are replicated only across the expert-DP group.
-            group = self.state.dp_group if getattr(p, "allreduce", True) else expert_dp
+            # Expert weights (``allreduce=False`` under EP) are replicated only across the expert-DP group
+            # (Megatron's expert layout folds CP into it).
+            group = dp_cp if getattr(p, "allreduce", True) else expert_dp
             if group is not None and dist.get_world_size(group) > 1:
                 dist.all_reduce(p.grad, group=group)
 

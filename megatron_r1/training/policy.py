@@ -5,6 +5,14 @@ Sequences are laid out ``[prompt + response]`` from position 0 and right-padded,
 exact for every real token and no attention mask is needed (the same on the local and the TE layer spec).
 Position t's label is token t + 1; ``response_mask`` [B, S − 1] marks the labels that are generated tokens.
 
+Context parallelism (CP > 1, :mod:`megatron_r1.parallel.context`): each sequence is padded to a multiple of
+2 × CP (× TP under sequence parallelism), its labels are shifted *before* the split, and the model's inputs
+(tokens, positions, the packed rows' mask over its query dim) and every per-label tensor of the micro-batch
+(any [b, S − 1] tensor: masks, old / reference / sampler log-probs) are cut into the rank's two
+load-balanced chunks. The loss function sees this rank's chunks only; its denominators are global (the
+callers' counts from the full masks), so the losses of the CP ranks add up to one process's, and its
+metrics (sums over tokens) are summed over the CP group here. ``logprobs()`` gathers full sequences.
+
 Log-probs are those of ``softmax(logits / temperature)``: GRPO scores at the rollout temperature, the
 distribution the sampler drew from (its log-probs are ``log_softmax(logits / T)``), so the PPO ratio, the
 KL to the reference and the entropy all refer to the sampled distribution; SFT scores at 1.
@@ -19,6 +27,7 @@ import torch
 
 from megatron_r1.kernels import token_logprobs
 from megatron_r1.parallel import ParallelState
+from megatron_r1.parallel.context import cp_gather, cp_split
 from megatron_r1.training.router_load import RouterLoad
 
 # (logprobs [b, S-1], entropy [b, S-1] | None, micro-batch dict) -> (loss scalar, metrics {name: tensor})
@@ -26,6 +35,11 @@ LossFn = Callable[[torch.Tensor, torch.Tensor | None, dict], tuple[torch.Tensor,
 
 # A label no vocabulary shard holds: its row adds nothing (the kernels and the reference skip it).
 IGNORE_LABEL = -1
+
+
+def next_token_labels(tokens: torch.Tensor) -> torch.Tensor:
+    """tokens [b, S] → labels [b, S]: token t + 1 at position t, ``IGNORE_LABEL`` at the last position."""
+    return torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], IGNORE_LABEL)], dim=1)
 
 
 def next_token_logprobs(
@@ -43,7 +57,7 @@ def next_token_logprobs(
     kernel path would copy all the logits (and keep the copy for backward) and the slice's backward would
     allocate another full-size gradient. Only the [b, S] results are sliced.
     """
-    labels = torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], IGNORE_LABEL)], dim=1)
+    labels = next_token_labels(tokens)
     out = token_logprobs(
         logits, labels, tp_group=tp_group, temperature=temperature, return_entropy=with_entropy, impl=impl
     )
@@ -99,8 +113,9 @@ class Policy:
         self, loss_fn: LossFn, with_entropy: bool, temperature: float, multiplier: float, data_iterator, model
     ):
         mb = next(data_iterator)
-        # Sequence parallelism: the model's input is padded to a multiple of TP (_sequence_multiple).
+        # Sequence / context parallelism: the model's input is padded (_sequence_multiple).
         tokens = pad_to_multiple(mb["tokens"], self._sequence_multiple())
+        labels = next_token_labels(tokens)  # shifted before any CP split: a chunk's last label is the next's
         # Packed SFT rows bring their own positions and block-diagonal mask (data/sft.py); otherwise plain
         # causal attention from position 0 is exact (module docstring).
         positions, mask = mb.get("position_ids"), mb.get("attention_mask")
@@ -108,12 +123,34 @@ class Policy:
             positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
         else:
             positions, mask = pad_packed_inputs(positions, mask, tokens.shape[1])
+        if self.state.cp_size > 1:
+            cp, rank = self.state.cp_size, self.state.cp_rank
+            tokens, labels, positions = (cp_split(t, cp, rank, dim=1) for t in (tokens, labels, positions))
+            mask = cp_split(mask, cp, rank, dim=2) if mask is not None else None  # queries only
+            mb = self._cp_local_batch(mb, labels.shape[1] * cp)
         output = model(tokens, positions, mask)
-        return output, partial(self._loss, loss_fn, with_entropy, temperature, multiplier, mb, tokens)
+        return output, partial(self._loss, loss_fn, with_entropy, temperature, multiplier, mb, labels)
+
+    def _cp_local_batch(self, mb: dict, length: int) -> dict:
+        """This CP rank's micro-batch for the loss: every per-label tensor ([b, S − 1, ...]) padded to the
+        model's ``length`` (mask 0 there) and cut into this rank's chunks; the rest (per-sequence tensors,
+        the full ``tokens``) as it is."""
+        labels = mb["tokens"].shape[1] - 1
+        local = {}
+        for key, value in mb.items():
+            if key not in ("tokens", "position_ids", "attention_mask") and (
+                value.dim() >= 2 and value.shape[1] == labels
+            ):
+                pad = [0, 0] * (value.dim() - 2) + [0, length - labels]
+                value = cp_split(torch.nn.functional.pad(value, pad), self.state.cp_size, self.state.cp_rank)
+            local[key] = value
+        return local
 
     def _sequence_multiple(self) -> int:
-        """Sequence parallelism splits the sequence over TP ranks: its length must be a multiple of TP."""
-        return self.state.tp_size if self.model.config.sequence_parallel else 1
+        """Sequence parallelism splits the sequence over TP ranks: its length must be a multiple of TP;
+        context parallelism cuts it into 2 × CP chunks (each rank's two then split over TP under SP)."""
+        tp = self.state.tp_size if self.model.config.sequence_parallel else 1
+        return tp * (2 * self.state.cp_size if self.state.cp_size > 1 else 1)
 
     def _padded_length(self, seq_length: int) -> int:
         return seq_length + -seq_length % self._sequence_multiple()
@@ -135,9 +172,13 @@ class Policy:
             any(coeffs) or getattr(config, "moe_z_loss_coeff", None)
         ):
             return None
-        # Under sequence parallelism a router sees its TP rank's share of the sequence.
+        # Under sequence parallelism a router sees its TP rank's share of the sequence (n_mb / TP), under
+        # context parallelism its CP rank's (n_mb / CP), and its aux loss is that share's part of the whole
+        # sequence's (Megatron reduces tokens per expert over TP × CP): the parts' gradients, summed over TP
+        # (sequence-parallel router) and CP (every gradient), make Σ_mb n_mb / N · coeff · ∇aux_mb when N is
+        # also counted per rank — summed over DP only, where the ranks hold different sequences.
         local = sum(mb["tokens"].shape[0] * self._padded_length(mb["tokens"].shape[1]) for mb in batch) // (
-            self.state.tp_size if config.sequence_parallel else 1
+            (self.state.tp_size if config.sequence_parallel else 1) * self.state.cp_size
         )
         total = torch.tensor(float(local), dtype=torch.float64, device=self.state.device)
         if self.state.dp_size > 1:
@@ -151,23 +192,38 @@ class Policy:
         temperature: float,
         multiplier: float,
         mb: dict,
-        tokens: torch.Tensor,
+        labels: torch.Tensor,
         logits: torch.Tensor,
     ):
-        # ``tokens`` is the model's (padded) input: the logits go to the kernel whole, the results are cut
-        # back to the batch's S − 1 labels (causal: the padding changes none of them).
-        logprobs, entropy = next_token_logprobs(
+        # ``labels`` [b, s] are the model's (padded, CP-local) input's: the logits go to the kernel whole.
+        # Without CP the results are cut back to the batch's S − 1 labels (causal: the padding changes none
+        # of them); with CP the micro-batch's per-label tensors were padded and split the same way.
+        out = token_logprobs(
             logits,
-            tokens,
+            labels,
             tp_group=self.state.tp_group if self.state.tp_size > 1 else None,
             temperature=temperature,
-            with_entropy=with_entropy,
+            return_entropy=with_entropy,
             impl=self.logprob_impl,
         )
-        labels = mb["tokens"].shape[1] - 1
-        logprobs, entropy = logprobs[:, :labels], (entropy[:, :labels] if entropy is not None else None)
+        logprobs, entropy = out if with_entropy else (out, None)
+        if self.state.cp_size == 1:
+            n = mb["tokens"].shape[1] - 1
+            logprobs, entropy = logprobs[:, :n], (entropy[:, :n] if entropy is not None else None)
         loss, metrics = loss_fn(logprobs, entropy, mb)
+        if self.state.cp_size > 1:
+            metrics = self._sum_over_cp(metrics)
         return loss * multiplier, torch.ones((), dtype=torch.int), metrics
+
+    def _sum_over_cp(self, metrics: dict) -> dict:
+        """A loss function's metrics (sums over this rank's tokens) summed over the CP group."""
+        if not metrics:
+            return metrics
+        keys = list(metrics)
+        device = self.state.device
+        values = torch.stack([torch.as_tensor(metrics[k], device=device).detach().double() for k in keys])
+        torch.distributed.all_reduce(values, group=self.state.cp_group)
+        return dict(zip(keys, values.unbind()))
 
     def run(
         self,
@@ -223,12 +279,16 @@ class Policy:
         self, batch: dict[str, torch.Tensor], micro_batch_size: int, temperature: float = 1.0
     ) -> torch.Tensor | None:
         """Per-token log-probs [B, S − 1] of ``softmax(logits / temperature)`` without gradients (old /
-        reference policy); None off the last stage."""
+        reference policy), whole sequences on every CP rank; None off the last stage."""
+        kept: list[tuple[torch.Tensor, int]] = []
 
-        def keep(logprobs, _entropy, _mb):
-            return logprobs.sum() * 0.0, {"logprobs": logprobs.detach()}
+        def keep(logprobs, _entropy, mb):
+            kept.append((logprobs.detach(), mb["tokens"].shape[1] - 1))
+            return logprobs.sum() * 0.0, {}
 
-        outs = self.run(batch, keep, micro_batch_size, forward_only=True, temperature=temperature)
-        if not outs:
+        self.run(batch, keep, micro_batch_size, forward_only=True, temperature=temperature)
+        if not kept:
             return None
-        return torch.cat([o["logprobs"] for o in outs], dim=0)
+        if self.state.cp_size > 1:
+            kept = [(cp_gather(lp, self.state.cp_group, dim=1)[:, :n], n) for lp, n in kept]
+        return torch.cat([lp for lp, _ in kept], dim=0)
