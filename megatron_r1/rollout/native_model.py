@@ -18,7 +18,7 @@ Two ways to run it:
   mask; it allocates nothing that depends on host values, so it can be captured in a CUDA graph.
 
 On CPU in float32 the linear layers and the LM head can run from oneDNN-packed copies of their weights
-(``pack_weights`` / ``unpack_weights``, ``cpu_packing``): the parameters, and so the HF names, stay as they are.
+(``pack_weights`` / ``unpack_weights``, ``cpu_packing``); the parameters, and their HF names, stay.
 
 Not supported (rejected by ``from_hf_config``): sliding-window attention, MLP biases, RoPE
 scaling other than ``linear`` / ``llama3``, partial rotary embeddings, activations other than SiLU.
