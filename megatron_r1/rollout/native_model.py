@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megatron_r1.rollout.cpu_packing import pack_weight, packed_linear
+from megatron_r1.rollout.cpu_packing import pack_weight, packed_linear, worth_packing
 
 __all__ = ["KVCache", "NativeCausalLM", "NativeModelConfig"]
 
@@ -369,20 +369,24 @@ class NativeCausalLM(nn.Module):
         )
         self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
         self._packed_head: torch.Tensor | None = None
+        self._is_packed = False
 
     @property
     def is_packed(self) -> bool:
-        return self._packed_head is not None
+        """Whether ``pack_weights`` ran since the last ``unpack_weights`` (small weights stay unpacked)."""
+        return self._is_packed
 
     @torch.no_grad()
     def pack_weights(self, batch_hint: int) -> None:
-        """Run every linear layer and the LM head from oneDNN-packed copies of their weights (CPU, float32;
-        the caller checks ``cpu_packing.packing_supported``). The copies go stale when the weights change:
-        call ``unpack_weights`` before changing them."""
+        """Run the linear layers and the LM head from oneDNN-packed copies of their weights where that pays
+        (``cpu_packing.worth_packing``; CPU, float32: the caller checks ``cpu_packing.packing_supported``).
+        The copies go stale when the weights change: call ``unpack_weights`` before changing them."""
         for module in self.modules():
-            if isinstance(module, Linear):
+            if isinstance(module, Linear) and worth_packing(module.weight):
                 module.packed = pack_weight(module.weight, batch_hint)
-        self._packed_head = pack_weight(self._head_weight(), batch_hint)
+        head = self._head_weight()
+        self._packed_head = pack_weight(head, batch_hint) if worth_packing(head) else None
+        self._is_packed = True
 
     def unpack_weights(self) -> None:
         """Drop the packed copies: every layer runs ``F.linear`` on its parameters again."""
@@ -390,6 +394,7 @@ class NativeCausalLM(nn.Module):
             if isinstance(module, Linear):
                 module.packed = None
         self._packed_head = None
+        self._is_packed = False
 
     def _head_weight(self) -> torch.Tensor:
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
