@@ -169,6 +169,9 @@ def test_failed_save_is_one_line_and_removes_partial_directory(failure, tmp_path
 
 
 def test_second_signal_during_save_abandons_it_atomically(tmp_path, monkeypatch):
+    # What StopRequest must restore: Python's default handler, or SIG_IGN when the test process was started in
+    # the background of a non-interactive shell (which ignores SIGINT for its background jobs).
+    handler_before = signal.getsignal(signal.SIGINT)
     model, opt, state = _setup()
     save_checkpoint(tmp_path, 1, model, opt, state)
     real_save = torch.save
@@ -185,7 +188,7 @@ def test_second_signal_during_save_abandons_it_atomically(tmp_path, monkeypatch)
     assert not (tmp_path / "checkpoints" / "step_000002.tmp").exists()
     assert not (tmp_path / "checkpoints" / "step_000002").exists()
     assert latest_checkpoint(tmp_path).name == "step_000001"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before
 
 
 def test_convert_refuses_a_damaged_checkpoint_in_one_line(saved_run, tmp_path, capsys):
