@@ -29,6 +29,7 @@ __all__ = [
     "SamplingParams",
     "available_engines",
     "build_engine",
+    "copy_named_tensors",
     "make_decode",
     "register_engine",
 ]
@@ -113,6 +114,34 @@ class Engine(Protocol):
     def wake_up(self) -> None:
         """Undo ``sleep()`` before the next ``generate``."""
         ...
+
+
+# Non-parameter HF state-dict entries that a sender may include; accepted and ignored.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+@torch.no_grad()
+def copy_named_tensors(
+    targets: dict[str, torch.Tensor], named_tensors: Iterable[tuple[str, torch.Tensor]], holder: str
+) -> None:
+    """``update_weights``' copy: each ``(hf_name, tensor)`` into ``targets[hf_name]`` in place (converted to
+    the target's device and dtype); ``*.rotary_emb.inv_freq`` is ignored.
+
+    Raises ``ValueError`` on an unknown name (``holder`` describes the model in the message) or a shape
+    mismatch; tensors before the offending one stay applied.
+    """
+    for name, tensor in named_tensors:
+        target = targets.get(name)
+        if target is None:
+            if name.endswith(_IGNORED_SUFFIXES):
+                continue
+            raise ValueError(f"update_weights: unknown tensor name {name!r} for this {holder}")
+        if tuple(tensor.shape) != tuple(target.shape):
+            raise ValueError(
+                f"update_weights: shape mismatch for {name!r}: got {tuple(tensor.shape)}, "
+                f"engine holds {tuple(target.shape)}"
+            )
+        target.copy_(tensor)
 
 
 def make_decode(tokenizer: Any) -> Callable[[list[int]], str]:

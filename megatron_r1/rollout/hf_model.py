@@ -40,14 +40,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from megatron_r1.rollout.engine import Completion, SamplingParams, make_decode
+from megatron_r1.rollout.engine import Completion, SamplingParams, copy_named_tensors, make_decode
 from megatron_r1.rollout.rows import Row, StopCheck, make_rows, to_completions
 from megatron_r1.rollout.sampling import row_uniforms, sample_tokens, seed_key
 
 __all__ = ["HFModelEngine", "checkpoint_views"]
-
-# Non-parameter HF state-dict entries that a sender may include; accepted and ignored.
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def checkpoint_views(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -131,21 +128,8 @@ class HFModelEngine:
         Any subset may be sent per call; tensors are converted to the held tensor's device and dtype.
         Raises ``ValueError`` on an unknown name or a shape mismatch (earlier tensors stay applied).
         """
-        for name, tensor in named_tensors:
-            target = self._views.get(name)
-            if target is None:
-                if name.endswith(_IGNORED_SUFFIXES):
-                    continue
-                raise ValueError(
-                    f"update_weights: unknown tensor name {name!r} for this "
-                    f"{type(self.model).__name__} ({self.config.num_hidden_layers} layers)"
-                )
-            if tuple(tensor.shape) != tuple(target.shape):
-                raise ValueError(
-                    f"update_weights: shape mismatch for {name!r}: got {tuple(tensor.shape)}, "
-                    f"engine holds {tuple(target.shape)}"
-                )
-            target.copy_(tensor)
+        holder = f"{type(self.model).__name__} ({self.config.num_hidden_layers} layers)"
+        copy_named_tensors(self._views, named_tensors, holder)
 
     def named_weights(self) -> Iterable[tuple[str, torch.Tensor]]:
         """The held weights under checkpoint names (``lm_head.weight`` also when tied)."""

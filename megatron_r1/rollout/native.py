@@ -35,7 +35,13 @@ import torch
 
 from megatron_r1.rollout.cpu_packing import packing_supported
 from megatron_r1.rollout.cuda_graphs import DecodeGraphs
-from megatron_r1.rollout.engine import Completion, SamplingParams, make_decode, register_engine
+from megatron_r1.rollout.engine import (
+    Completion,
+    SamplingParams,
+    copy_named_tensors,
+    make_decode,
+    register_engine,
+)
 from megatron_r1.rollout.native_model import NativeCausalLM, NativeModelConfig
 from megatron_r1.rollout.rows import Row, StopCheck, make_rows, to_completions
 from megatron_r1.rollout.sampling import row_uniforms, sample_tokens, seed_key
@@ -45,8 +51,6 @@ __all__ = ["NativeEngine", "sample_tokens"]
 
 logger = logging.getLogger(__name__)
 
-# Non-parameter HF state-dict entries that a sender may include; accepted and ignored.
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 # Cache lengths are rounded up to this, so calls with slightly different lengths reuse the cache
 # (and the CUDA graphs captured over it).
 _CACHE_LEN_QUANTUM = 64
@@ -170,22 +174,9 @@ class NativeEngine:
         offending one are already applied). Copies are in place, so captured CUDA graphs stay valid.
         """
         self.model.unpack_weights()  # stale from here on; generate repacks
-        for name, tensor in named_tensors:
-            param = self._params.get(name)
-            if param is None:
-                if name.endswith(_IGNORED_SUFFIXES):
-                    continue
-                raise ValueError(
-                    f"update_weights: unknown tensor name {name!r} for this "
-                    f"{self.config.num_layers}-layer model "
-                    f"(tie_word_embeddings={self.config.tie_word_embeddings})"
-                )
-            if tuple(tensor.shape) != tuple(param.shape):
-                raise ValueError(
-                    f"update_weights: shape mismatch for {name!r}: got {tuple(tensor.shape)}, "
-                    f"engine holds {tuple(param.shape)}"
-                )
-            param.copy_(tensor)
+        c = self.config
+        holder = f"{c.num_layers}-layer model (tie_word_embeddings={c.tie_word_embeddings})"
+        copy_named_tensors(self._params, named_tensors, holder)
 
     def named_weights(self) -> Iterable[tuple[str, torch.Tensor]]:
         """The held weights under their HF names (``lm_head.weight`` only when untied)."""
